@@ -1,0 +1,52 @@
+"""The ASGI application: the Files and Batches API under ``/v1`` and ``/compatible-mode/v1``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import lowtide
+from lowtide.api import batches, errors, files, health
+from lowtide.api.auth import Authenticator
+from lowtide.blobs import BlobStore
+from lowtide.service.batches import BatchService
+from lowtide.service.files import FileService
+from lowtide.settings import Settings
+from lowtide.store import Store
+
+PREFIXES = ("/v1", "/compatible-mode/v1")
+
+
+def create_app(settings: Settings, store: Store, blobs: BlobStore, *,
+               wake: Callable[[], None],
+               on_startup: Callable[[], Awaitable[None]] | None = None,
+               on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:  # fmt: skip
+    """Build the app; ``on_startup`` / ``on_shutdown`` open and close what the caller wired."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    app = FastAPI(title="lowtide", version=lowtide.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="A self-hosted Batch API for LLM requests.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.blobs = blobs
+    app.state.auth = Authenticator(settings)
+    app.state.files = FileService(settings, store, blobs)
+    app.state.batches = BatchService(settings, store, wake)
+    errors.install(app)
+    for prefix in PREFIXES:
+        app.include_router(files.router, prefix=prefix)
+        app.include_router(batches.router, prefix=prefix)
+    app.include_router(health.router)
+    return app

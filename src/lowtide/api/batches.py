@@ -1,0 +1,58 @@
+"""Routes of the Batches API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+
+from lowtide import errors
+from lowtide.api.auth import account
+from lowtide.api.responses import JSON, page
+from lowtide.service.batches import BatchService
+
+router = APIRouter(tags=["batches"])
+Account = Annotated[str, Depends(account)]
+_MAX_BODY = 1 << 20
+
+
+def _batches(request: Request) -> BatchService:
+    service: BatchService = request.app.state.batches
+    return service
+
+
+async def _json_body(request: Request) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > _MAX_BODY:
+            raise errors.PayloadTooLarge("The request body is too large.", code=None)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.InvalidRequest(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+            "payload.", code="invalid_json") from None
+
+
+@router.post("/batches", summary="Create a batch")
+async def create_batch(request: Request, caller: Account) -> JSON:
+    batch = await _batches(request).create(caller, await _json_body(request))
+    return JSON(batch.to_api())
+
+
+@router.get("/batches", summary="List batches, newest first")
+async def list_batches(request: Request, caller: Account) -> JSON:
+    records, has_more = await _batches(request).list(caller, dict(request.query_params))
+    return page([b.to_api() for b in records], has_more=has_more)
+
+
+@router.get("/batches/{batch_id}", summary="Retrieve a batch")
+async def retrieve_batch(request: Request, batch_id: str, caller: Account) -> JSON:
+    return JSON((await _batches(request).get(caller, batch_id)).to_api())
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
+async def cancel_batch(request: Request, batch_id: str, caller: Account) -> JSON:
+    return JSON((await _batches(request).cancel(caller, batch_id)).to_api())

@@ -1,0 +1,66 @@
+"""Routes of the Files API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from lowtide.api.auth import account
+from lowtide.api.responses import JSON, page
+from lowtide.api.upload import parse_upload
+from lowtide.service.files import FileService
+
+router = APIRouter(tags=["files"])
+Account = Annotated[str, Depends(account)]
+
+
+def _files(request: Request) -> FileService:
+    service: FileService = request.app.state.files
+    return service
+
+
+@router.post("/files", summary="Upload a file (multipart: file, purpose)")
+async def upload_file(request: Request, caller: Account) -> JSON:
+    service = _files(request)
+    upload = parse_upload(request, service.settings.limits.max_file_bytes)
+    record = await service.upload(caller, upload)
+    return JSON(record.to_api())
+
+
+@router.get("/files", summary="List files")
+async def list_files(
+    request: Request,
+    caller: Account,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: str = "desc",
+) -> JSON:
+    records, has_more = await _files(request).list(caller, purpose=purpose, after=after,
+                                                   limit=limit, order=order)
+    return page([r.to_api() for r in records], has_more=has_more)
+
+
+@router.get("/files/{file_id}", summary="Retrieve a file")
+async def retrieve_file(request: Request, file_id: str, caller: Account) -> JSON:
+    return JSON((await _files(request).get(caller, file_id)).to_api())
+
+
+@router.get("/files/{file_id}/content", summary="Download a file's content",
+            response_class=StreamingResponse)
+async def file_content(request: Request, file_id: str, caller: Account) -> StreamingResponse:
+    record, chunks = await _files(request).content(caller, file_id)
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={"content-length": str(record.bytes),
+                 "content-disposition": f'attachment; filename="{record.id}.jsonl"'},
+    )
+
+
+@router.delete("/files/{file_id}", summary="Delete a file")
+async def delete_file(request: Request, file_id: str, caller: Account) -> JSON:
+    record = await _files(request).delete(caller, file_id)
+    return JSON({"id": record.id, "object": "file", "deleted": True})

@@ -1,0 +1,1 @@
+"""Model servers: one adapter per kind (OpenAI-compatible HTTP, the built-in test model)."""

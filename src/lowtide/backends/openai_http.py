@@ -1,0 +1,82 @@
+"""Any OpenAI-compatible HTTP server: vLLM, SGLang, Ollama, llama.cpp, DashScope, OpenAI.
+
+aiohttp rather than httpx on this hot path: about 62 µs of CPU per request at concurrency 64
+against httpx's 900 µs, measured on this kind of machine (design.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from lowtide.backends.base import Reply, Unreachable
+from lowtide.settings import BackendSettings
+
+
+class OpenAIHTTPBackend:
+    def __init__(self, settings: BackendSettings) -> None:
+        self.name = settings.name
+        self.max_concurrency = settings.max_concurrency
+        self._base = settings.base_url.rstrip("/")
+        self._aliases = dict(settings.model_aliases)
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        self._headers = {"Content-Type": "application/json"}
+        if key := settings.resolved_api_key():
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def model_name(self, model: str) -> str:
+        return self._aliases.get(model, model)
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily so that it binds to the running event loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=self._headers
+            )
+        return self._session
+
+    async def send(self, path: str, body: bytes) -> Reply:
+        url = self._base + path
+        try:
+            async with self._client().post(url, data=body) as resp:
+                data = await resp.read()
+                return Reply(
+                    status=resp.status,
+                    body=data,
+                    request_id=resp.headers.get("x-request-id"),
+                    retry_after=_retry_after(resp.headers),
+                )
+        except TimeoutError as exc:
+            raise Unreachable(f"{self.name}: no answer in time", code="upstream_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise Unreachable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            await asyncio.sleep(0)
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    get = headers.get
+    if (ms := get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None

@@ -1,0 +1,163 @@
+"""File bytes in a local directory.
+
+A blob is written to ``.tmp/`` and renamed into place after an fsync, so a reader sees a whole
+blob or none (design invariant 3). Keys come from ids (``[A-Za-z0-9_-]`` and ``/``), and are
+checked again here so that no key can ever point outside the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from lowtide import errors
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_.\-]+)*$")
+_OPEN_FILES = 64  # input files kept open for range reads while batches dispatch
+
+
+class _LocalWriter:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._size = 0
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                # Writes land in the page cache and take microseconds; the fsync that can
+                # block is done off the event loop when the blob is published.
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        self._size += len(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._tmp = self.root / ".tmp"
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    async def open(self) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        # Temporary files left by a crash were never published: nothing refers to them.
+        for leftover in self._tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    async def ping(self) -> None:
+        if not self._tmp.is_dir():
+            raise errors.StorageError(f"storage directory {self.root} is not reachable")
+
+    def _path(self, key: str) -> Path:
+        if not _KEY_RE.match(key) or ".." in key:
+            raise errors.StorageError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    @asynccontextmanager
+    async def writer(self, key: str) -> AsyncIterator[_LocalWriter]:
+        final = self._path(key)
+        tmp = self._tmp / f"{secrets.token_hex(8)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        try:
+            yield _LocalWriter(fd)
+            await asyncio.to_thread(_publish, fd, tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            _close_quietly(fd)
+        self._forget_fd(key)
+
+    async def read_range(self, key: str, offset: int, length: int) -> bytes:
+        fd = self._fd_for(key)
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise errors.StorageError(f"blob {key} is shorter than expected")
+        return data
+
+    def _fd_for(self, key: str) -> int:
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise errors.StorageError(f"blob {key} is missing") from exc
+        self._fds[key] = fd
+        if len(self._fds) > _OPEN_FILES:
+            _, oldest = self._fds.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+    def _forget_fd(self, key: str) -> None:
+        fd = self._fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+    async def stream(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        try:
+            fh = await asyncio.to_thread(open, self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise errors.StorageError(f"blob {key} is missing") from exc
+        try:
+            while chunk := await asyncio.to_thread(fh.read, chunk_size):
+                yield chunk
+        finally:
+            fh.close()
+
+    async def delete(self, key: str) -> None:
+        # Open descriptors keep the bytes readable for range reads already under way (POSIX
+        # unlink semantics), so deleting an input file does not break a running batch.
+        self._path(key).unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+
+def _publish(fd: int, tmp: Path, final: Path) -> None:
+    try:
+        os.fsync(fd)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise _storage_error(exc) from exc
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _storage_error(exc: OSError) -> errors.StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.StorageFull()
+    return errors.StorageError(f"storage failed: {exc.strerror}")

@@ -1,0 +1,73 @@
+"""``lowtide``: serve the API, and tools around it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from lowtide import __version__, errors
+from lowtide.cli.convert import convert_group
+from lowtide.settings import load_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lowtide")
+def cli() -> None:
+    """lowtide: a self-hosted Batch API for LLM requests.
+
+    \b
+    Start the server (SQLite and a local directory, the test model ready):
+        lowtide serve
+    """
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="LOWTIDE_CONFIG", help="TOML config file [env LOWTIDE_CONFIG].")
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8000).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the database and files live (default ./lowtide-data).")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def serve(config_path: Path | None, host: str | None, port: int | None, data_dir: Path | None,
+          log_level: str | None) -> None:
+    """Run the API and the engine in one process.
+
+    \b
+    Example:
+        lowtide serve --config lowtide.toml --port 8000
+    """
+    import uvicorn
+
+    from lowtide.server import build_server, check_exposure
+
+    try:
+        settings = load_settings(config_path, host=host, port=port, data_dir=data_dir,
+                                 log_level=log_level)
+        _setup_logging(settings.server.log_level)
+        check_exposure(settings)
+        server = build_server(settings)
+    except errors.ConfigError as exc:
+        raise click.ClickException(exc.message) from exc
+    config = uvicorn.Config(server.app, host=settings.server.host, port=settings.server.port,
+                            log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5, server_header=False)
+    logging.getLogger(__name__).info(
+        "lowtide %s on http://%s:%d (data in %s)", __version__, settings.server.host,
+        settings.server.port, settings.server.data_dir)
+    uvicorn.Server(config).run()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(convert_group, name="convert")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,149 @@
+"""The records that the store keeps, and how files and batches look on the wire."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowtide.domain.status import Status
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(slots=True)
+class FileRecord:
+    id: str
+    account: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: int
+    blob_key: str
+    expires_at: int | None = None
+    status: str = "processed"
+
+    def to_api(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": self.status,
+            "expires_at": self.expires_at,
+            "status_details": None,
+        }
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def to_api(self) -> JsonDict:
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+@dataclass(slots=True)
+class Pricing:
+    """Prices snapshotted when the batch is created, so later config changes never rebill it."""
+
+    input_price: float = 0.0  # per 1M tokens, real-time
+    output_price: float = 0.0
+    discount: float = 0.5
+    currency: str = "USD"
+
+    def cost(self, usage: Usage) -> float:
+        # Reasoning tokens are part of output tokens and billed at the output price; cached
+        # input tokens get no further discount (section 13 point 13).
+        real_time = usage.input_tokens * self.input_price + usage.output_tokens * self.output_price
+        return round(real_time * self.discount / 1_000_000, 10)
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    id: str
+    account: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    created_at: int
+    expires_at: int
+    status: Status = Status.VALIDATING
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[JsonDict] | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    usage: Usage = field(default_factory=Usage)
+    pricing: Pricing = field(default_factory=Pricing)
+    output_expires_after: int | None = None
+    #: The status finalisation will end in (completed, expired or cancelled).
+    end_status: Status | None = None
+
+    def to_api(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status.value,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "in_progress_at": self.in_progress_at,
+            "expires_at": self.expires_at,
+            "finalizing_at": self.finalizing_at,
+            "completed_at": self.completed_at,
+            "failed_at": self.failed_at,
+            "expired_at": self.expired_at,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
+            "request_counts": {
+                "total": self.total,
+                "completed": self.completed,
+                "failed": self.failed,
+            },
+            "metadata": self.metadata,
+            "model": self.model,
+            "usage": self.usage.to_api(),
+            "cost": {"amount": self.pricing.cost(self.usage), "currency": self.pricing.currency},
+        }
+
+    def replace(self, **changes: Any) -> BatchRecord:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFilter:
+    """The list filters of section 13 point 15, already parsed."""
+
+    statuses: tuple[Status, ...] = ()
+    name_contains: str | None = None
+    input_file_ids: tuple[str, ...] = ()
+    created_after: int | None = None
+    created_before: int | None = None
+    #: Batches created before this are past retention and never shown.
+    not_before: int | None = None

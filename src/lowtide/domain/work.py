@@ -1,0 +1,82 @@
+"""The units of work the engine moves between the store and the backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class RequestState(IntEnum):
+    PENDING = 0  #: waiting to be claimed (maybe not before ``not_before``)
+    LEASED = 1  #: claimed by a worker until its lease runs out
+    SUCCEEDED = 2  #: answered with a 2xx: a line of the output file
+    FAILED = 3  #: a line of the error file
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveBatch:
+    """What the dispatcher needs to know of a batch it may claim requests from."""
+
+    id: str
+    account: str
+    model: str
+    endpoint: str
+    input_blob_key: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One request leased to a worker. ``epoch`` is the fencing token of this lease."""
+
+    batch_id: str
+    line: int
+    custom_id: str
+    offset: int
+    length: int
+    attempts: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to a claimed request; committed in groups, fenced by ``epoch``.
+
+    ``kind`` is ``succeeded`` (2xx), ``failed`` (goes to the error file) or ``retry``
+    (back to pending, not before ``not_before``).
+    """
+
+    batch_id: str
+    line: int
+    epoch: int
+    kind: str
+    status_code: int | None = None
+    request_id: str | None = None
+    body: bytes | None = None  # compact JSON of the backend's answer
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    not_before: float = 0.0
+    attempts: int = 0
+
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """A request as finalisation reads it back, in line order."""
+
+    line: int
+    custom_id: str
+    state: RequestState
+    status_code: int | None
+    request_id: str | None
+    body: bytes | None
+    error_code: str | None
+    error_message: str | None

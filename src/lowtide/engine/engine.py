@@ -1,0 +1,175 @@
+"""The engine: the side tasks that move batches along, started and stopped together.
+
+- validation: claims batches in ``validating`` and checks their files;
+- dispatch: claims requests and sends them to backends (``Dispatcher``);
+- commit: group-commits outcomes (``ResultSink``);
+- upkeep: heartbeats, expiry, lease reclaim, and finalisation of batches that are ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from lowtide.backends.test_model import TEST_MODEL
+from lowtide.blobs import BlobStore
+from lowtide.domain import validation
+from lowtide.domain.records import Pricing
+from lowtide.engine import outcomes
+from lowtide.engine.dispatcher import Dispatcher
+from lowtide.engine.finalizer import finalize
+from lowtide.engine.router import Router
+from lowtide.engine.sink import ResultSink
+from lowtide.engine.validating import validate_batch
+from lowtide.settings import Settings
+from lowtide.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, router: Router, *,
+                 exclusive: bool = True) -> None:  # fmt: skip
+        """``exclusive``: this is the only engine on the store (SQLite mode), so leases left
+        by a previous run of this process can be released at once on start-up."""
+        self.settings, self.store, self.blobs, self.router = settings, store, blobs, router
+        self.exclusive = exclusive
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        conf = settings.engine
+        self.lease = conf.lease_seconds
+        self.sink = ResultSink(store, interval=conf.commit_interval, max_batch=conf.commit_batch,
+                               on_finished=self._finalize_soon)
+        policy = outcomes.RetryPolicy(conf.max_attempts, conf.retry_base_delay,
+                                      conf.retry_max_delay)
+        self.dispatcher = Dispatcher(store, blobs, router, self.sink, owner=self.owner,
+                                     lease=self.lease, policy=policy,
+                                     poll_interval=conf.poll_interval)
+        self._validate_wake = asyncio.Event()
+        self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.started_at = 0.0
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.started_at = time.time()
+        if self.exclusive:
+            released = await self.store.release_leases(None)
+            if released:
+                logger.info("released %d requests leased by a previous run", released)
+        self._spawn("dispatch", self.dispatcher.run)
+        self._spawn("commit", self.sink.run)
+        self._spawn("validation", self._validation_loop)
+        self._spawn("finalisation", self._finalize_loop)
+        self._spawn("upkeep", self._upkeep_loop)
+
+    def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        async def guarded() -> None:
+            # A side task that dies would silently stop batches: log it and start it again.
+            while not self._stopping:
+                try:
+                    await fn()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("engine task %s failed; restarting it", name)
+                    await asyncio.sleep(1.0)
+
+        self._tasks.append(asyncio.create_task(guarded(), name=f"lowtide-{name}"))
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight requests finish (bounded), commit, release leases."""
+        self._stopping = True
+        self.dispatcher.stop()
+        self._validate_wake.set()
+        await self.dispatcher.drain(self.settings.engine.shutdown_grace)
+        self.sink.stop()
+        await self.sink.flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sink.flush()
+        released = await self.store.release_leases(self.owner)
+        logger.info("engine stopped; %d requests released for the next run", released)
+
+    def wake(self) -> None:
+        """A batch was created or cancelled: look at once rather than at the next poll."""
+        self._validate_wake.set()
+        self.dispatcher.wake()
+
+    # --- side tasks --------------------------------------------------------------------------
+
+    async def _validation_loop(self) -> None:
+        limits = self._limits()
+        while not self._stopping:
+            batch = await self.store.claim_validation(self.owner, time.time(), self.lease)
+            if batch is None:
+                await _wait(self._validate_wake, self.settings.engine.poll_interval)
+                continue
+            started = await validate_batch(self.store, self.blobs, batch, self.owner,
+                                           serves=self._serves, limits=limits,
+                                           pricing_of=self._pricing)
+            if started:
+                self.dispatcher.wake()
+
+    async def _finalize_loop(self) -> None:
+        while not self._stopping:
+            batch_id = await self._finalize_queue.get()
+            self._queued.discard(batch_id)
+            await finalize(self.store, self.blobs, batch_id, self.owner, self.lease)
+
+    async def _upkeep_loop(self) -> None:
+        last_beat = 0.0
+        while not self._stopping:
+            now = time.time()
+            if now - last_beat >= self.lease / 3:
+                await self.store.heartbeat(self.owner, now + self.lease)
+                last_beat = now
+            if await self.store.expire_due(int(now)):
+                self.dispatcher.wake()
+            await self.store.reclaim_expired_leases(now)
+            self._finalize_soon(await self.store.batches_to_finalize(now))
+            await asyncio.sleep(min(1.0, self.settings.engine.poll_interval))
+
+    def _finalize_soon(self, batch_ids: list[str]) -> None:
+        for batch_id in batch_ids:
+            if batch_id not in self._queued:
+                self._queued.add(batch_id)
+                self._finalize_queue.put_nowait(batch_id)
+
+    # --- policy ------------------------------------------------------------------------------
+
+    def _serves(self, model: str) -> bool:
+        return model != TEST_MODEL and self.router.serves(model)
+
+    def _pricing(self, model: str) -> Pricing:
+        billing = self.settings.billing
+        if model == TEST_MODEL:
+            return Pricing(0.0, 0.0, billing.batch_discount, billing.currency)  # free
+        prices = self.settings.models.get(model)
+        if prices is None:
+            return Pricing(0.0, 0.0, billing.batch_discount, billing.currency)
+        return Pricing(prices.input_price, prices.output_price, billing.batch_discount,
+                       prices.currency)
+
+    def _limits(self) -> validation.Limits:
+        conf = self.settings.limits
+        return validation.Limits(max_lines=conf.max_lines, max_file_bytes=conf.max_file_bytes,
+                                 max_line_bytes=conf.max_line_bytes)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=timeout)
+    except TimeoutError:
+        pass
+    event.clear()

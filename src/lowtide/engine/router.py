@@ -1,0 +1,63 @@
+"""Which backend gets the next request of a model: least in flight, never over its ceiling,
+never while it is paused by a ``Retry-After``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from lowtide.backends.base import Backend
+
+
+@dataclass(slots=True)
+class Slot:
+    backend: Backend
+    in_flight: int = 0
+    paused_until: float = 0.0
+
+    def free(self, now: float) -> int:
+        if now < self.paused_until:
+            return 0
+        return max(0, self.backend.max_concurrency - self.in_flight)
+
+
+class Router:
+    def __init__(self, backends: list[tuple[Backend, list[str]]]) -> None:
+        self._slots: dict[str, Slot] = {}
+        self._by_model: dict[str, list[Slot]] = {}
+        for backend, models in backends:
+            slot = self._slots.setdefault(backend.name, Slot(backend))
+            for model in models:
+                self._by_model.setdefault(model, []).append(slot)
+
+    def serves(self, model: str) -> bool:
+        return model in self._by_model
+
+    def free(self, model: str) -> int:
+        now = time.monotonic()
+        return sum(slot.free(now) for slot in self._by_model.get(model, ()))
+
+    def acquire(self, model: str) -> Slot | None:
+        now = time.monotonic()
+        candidates = [s for s in self._by_model.get(model, ()) if s.free(now) > 0]
+        if not candidates:
+            return None
+        slot = min(candidates, key=lambda s: s.in_flight)
+        slot.in_flight += 1
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        slot.in_flight -= 1
+
+    def pause(self, slot: Slot, seconds: float) -> None:
+        """Send nothing more to this backend for ``seconds`` (it answered 429/503 + Retry-After)."""
+        slot.paused_until = max(slot.paused_until, time.monotonic() + seconds)
+
+    def next_unpause(self) -> float | None:
+        """Seconds until the first paused backend may be used again."""
+        now = time.monotonic()
+        waits = [s.paused_until - now for s in self._slots.values() if s.paused_until > now]
+        return min(waits) if waits else None
+
+    def backends(self) -> list[Backend]:
+        return [slot.backend for slot in self._slots.values()]

@@ -1,0 +1,49 @@
+"""Run a batch in ``validating``: stream its input file through the validator, then store one
+row per request (offsets only: bodies stay in the file) or fail the batch with its errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from lowtide.blobs import BlobStore
+from lowtide.domain import validation
+from lowtide.domain.records import BatchRecord, JsonDict, Pricing
+from lowtide.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+async def validate_batch(store: Store, blobs: BlobStore, batch: BatchRecord, owner: str, *,
+                         serves: Callable[[str], bool], limits: validation.Limits,
+                         pricing_of: Callable[[str], Pricing]) -> bool:  # fmt: skip
+    """Validate one claimed batch; True if it moved to in_progress."""
+    started = time.monotonic()
+    file = await store.get_file(batch.account, batch.input_file_id)
+    if file is None or file.purpose != "batch":
+        problem = _file_problem(batch, file.purpose if file else None)
+        await store.fail_validation(batch.id, owner, [problem], int(time.time()))
+        return False
+    validator = validation.Validator(batch.endpoint, serves, limits)
+    async for chunk in blobs.stream(file.blob_key):
+        validator.feed(chunk)
+    result = validator.finish()
+    now = int(time.time())
+    logger.info("batch %s validated in %.2fs: %d requests, %d errors", batch.id,
+                time.monotonic() - started, len(result.requests), len(result.errors))
+    if not result.ok or result.model is None:
+        await store.fail_validation(batch.id, owner, [e.to_dict() for e in result.errors], now)
+        return False
+    return await store.finish_validation(batch.id, owner, result.requests, result.model,
+                                         pricing_of(result.model), now)
+
+
+def _file_problem(batch: BatchRecord, purpose: str | None) -> JsonDict:
+    """The error of section 13 point 4 when the input file is missing or not for batches."""
+    if purpose is None:
+        message = (f"Cannot find file {batch.input_file_id}, or it is not accessible to this "
+                   "account.")
+    else:
+        message = f"File {batch.input_file_id} does not have purpose 'batch'."
+    return {"code": "invalid_request", "message": message, "param": "input_file_id", "line": None}

@@ -1,0 +1,79 @@
+"""The composition root: builds the store, blobs, backends, engine and app from settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from lowtide import errors
+from lowtide.api.app import create_app
+from lowtide.backends.base import Backend
+from lowtide.backends.openai_http import OpenAIHTTPBackend
+from lowtide.backends.test_model import TEST_MODEL, TestModelBackend
+from lowtide.blobs import BlobStore, open_blobs
+from lowtide.engine.engine import Engine
+from lowtide.engine.router import Router
+from lowtide.settings import LOOPBACK_HOSTS, Settings
+from lowtide.store import Store, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def build_router(settings: Settings) -> Router:
+    backends: list[tuple[Backend, list[str]]] = [(TestModelBackend(), [TEST_MODEL])]
+    backends += [(OpenAIHTTPBackend(b), list(b.models)) for b in settings.backends]
+    return Router(backends)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Without keys every caller is the same account: allow that only on loopback."""
+    if settings.keys_required():
+        return
+    if settings.server.host not in LOOPBACK_HOSTS:
+        raise errors.ConfigError(
+            f"refusing to listen on {settings.server.host} without API keys: add [[api_keys]] "
+            "to the config, or listen on 127.0.0.1")
+    logger.warning("no API keys configured: every caller is account 'default' "
+                   "(listening on loopback only)")
+
+
+@dataclass
+class Server:
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    router: Router
+    engine: Engine | None = None
+    app: FastAPI = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.app = create_app(self.settings, self.store, self.blobs, wake=self.wake,
+                              on_startup=self.start, on_shutdown=self.stop)
+
+    def wake(self) -> None:
+        if self.engine is not None:
+            self.engine.wake()
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.blobs.open()
+        if self.engine is not None:
+            await self.engine.start()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        for backend in self.router.backends():
+            await backend.close()
+        await self.blobs.close()
+        await self.store.close()
+
+
+def build_server(settings: Settings, *, with_engine: bool = True) -> Server:
+    store = open_store(settings.server.resolved_database_url())
+    blobs = open_blobs(settings.server.resolved_storage_url())
+    router = build_router(settings)
+    engine = Engine(settings, store, blobs, router) if with_engine else None
+    return Server(settings, store, blobs, router, engine)

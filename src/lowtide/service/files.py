@@ -1,0 +1,173 @@
+"""Use cases of the Files API: upload (streamed), retrieve, list, download, delete."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from lowtide import errors
+from lowtide.blobs import BlobStore
+from lowtide.domain import ids
+from lowtide.domain.records import BatchFilter, FileRecord
+from lowtide.domain.status import Status
+from lowtide.settings import Settings
+from lowtide.store import Store, rows
+
+UPLOAD_PURPOSES = frozenset(
+    {"batch", "assistants", "fine-tune", "vision", "user_data", "evals", "file-extract"}
+)
+_MAX_FILENAME = 255
+_EXPIRY_RANGE = (3600, 30 * 86400)
+
+
+class Upload(Protocol):
+    """An upload as the API parsed it: the file's bytes as a stream, then the form fields.
+
+    ``fields``, ``filename`` and ``has_file`` are complete only once ``chunks`` has been
+    consumed, because a client may send the ``purpose`` field after the file.
+    """
+
+    chunks: AsyncIterator[bytes]
+    fields: dict[str, str]
+    filename: str | None
+    has_file: bool
+
+
+class FileService:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore) -> None:
+        self.settings, self.store, self.blobs = settings, store, blobs
+
+    async def upload(self, account: str, upload: Upload) -> FileRecord:
+        file_id = ids.new_input_file_id()
+        key = rows.input_blob_key(file_id)
+        async with self.blobs.writer(key) as writer:
+            utf8 = await _copy_checked(upload.chunks, writer.write, self._max_bytes())
+            purpose, filename, expires = self._check_fields(upload, utf8)
+            size = writer.size
+        now = int(time.time())
+        record = FileRecord(id=file_id, account=account, purpose=purpose, filename=filename,
+                            bytes=size, created_at=now, blob_key=key,
+                            expires_at=now + expires if expires else None)  # fmt: skip
+        try:
+            await self.store.create_file(record)
+        except BaseException:
+            await self.blobs.delete(key)
+            raise
+        return record
+
+    def _max_bytes(self) -> int:
+        return self.settings.limits.max_file_bytes
+
+    def _check_fields(self, upload: Upload, utf8: bool) -> tuple[str, str, int | None]:
+        if not upload.has_file:
+            raise errors.InvalidRequest("Missing required parameter: 'file'.", param="file",
+                                        code="missing_required_parameter")
+        purpose = upload.fields.get("purpose")
+        if not purpose:
+            raise errors.InvalidRequest("Missing required parameter: 'purpose'.",
+                                        param="purpose", code="missing_required_parameter")
+        if purpose not in UPLOAD_PURPOSES:
+            raise errors.InvalidValue(
+                f"Invalid value: '{purpose}'. Supported values are: "
+                + ", ".join(f"'{p}'" for p in sorted(UPLOAD_PURPOSES)) + ".", param="purpose")
+        if purpose == "batch" and not utf8:
+            raise errors.InvalidRequest("Invalid file for Batch API. Must be utf-8 encoded",
+                                        param="file")
+        return purpose, _clean_filename(upload.filename), _expiry(upload.fields)
+
+    async def get(self, account: str, file_id: str) -> FileRecord:
+        record = await self.store.get_file(account, file_id) if ids.is_well_formed(file_id) \
+            else None
+        if record is None:
+            raise errors.NotFound(f"No such File object: {file_id}", param="id")
+        return record
+
+    async def list(self, account: str, *, purpose: str | None, after: str | None, limit: int,
+                   order: str) -> tuple[list[FileRecord], bool]:  # fmt: skip
+        """One page of files, and whether there are more."""
+        if order not in ("asc", "desc"):
+            raise errors.InvalidValue("Invalid value for 'order': expected 'asc' or 'desc'.",
+                                      param="order")
+        if not 1 <= limit <= 10_000:
+            raise errors.InvalidValue("'limit' must be between 1 and 10000.", param="limit")
+        found = await self.store.list_files(account, purpose=purpose, after=after,
+                                            limit=limit + 1, order=order)
+        return found[:limit], len(found) > limit
+
+    async def content(self, account: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
+        record = await self.get(account, file_id)
+        # Open the stream now so that a missing blob is an error before any byte is sent.
+        if not await self.blobs.exists(record.blob_key):
+            raise errors.NotFound(f"The content of file {file_id} is no longer available.",
+                                  param="id")
+        return record, self.blobs.stream(record.blob_key)
+
+    async def delete(self, account: str, file_id: str) -> FileRecord:
+        record = await self.get(account, file_id)
+        deleted = await self.store.delete_file(account, file_id)
+        if deleted is None:
+            raise errors.NotFound(f"No such File object: {file_id}", param="id")
+        # An input file of a batch that is still running keeps its bytes: the engine reads
+        # request bodies from it. Its blob is removed by the retention sweeper afterwards.
+        if not await self._in_use(account, file_id):
+            await self.blobs.delete(record.blob_key)
+        return record
+
+    async def _in_use(self, account: str, file_id: str) -> bool:
+        live = (Status.VALIDATING, Status.IN_PROGRESS, Status.CANCELLING, Status.FINALIZING)
+        found = await self.store.list_batches(
+            account, BatchFilter(statuses=live, input_file_ids=(file_id,)), after=None, limit=1
+        )
+        return bool(found)
+
+
+async def _copy_checked(chunks: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]],
+                        max_bytes: int) -> bool:  # fmt: skip
+    """Copy the upload to storage, refusing it past ``max_bytes``; True if it is UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, size = True, 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise errors.PayloadTooLarge(f"The file exceeds the maximum size of {max_bytes} bytes.",
+                                         param="file")
+        if utf8:
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                utf8 = False
+        await write(chunk)
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8 = False
+    return utf8
+
+
+def _clean_filename(name: str | None) -> str:
+    # The name is only ever shown back to the user; it never names anything on disk.
+    base = (name or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())
+    return base[:_MAX_FILENAME] or "upload.jsonl"
+
+
+def _expiry(fields: dict[str, str]) -> int | None:
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise errors.InvalidValue("expires_after[anchor] must be 'created_at'.",
+                                  param="expires_after.anchor")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    low, high = _EXPIRY_RANGE
+    if not low <= value <= high:
+        raise errors.InvalidValue(f"expires_after[seconds] must be between {low} and {high}.",
+                                  param="expires_after.seconds")
+    return value

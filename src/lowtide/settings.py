@@ -1,0 +1,169 @@
+"""The one settings object, read from a TOML file and the environment at start-up.
+
+Never built at import time: ``load_settings()`` is called by the CLI (the composition root).
+Every key is documented in ``docs/configuration.md``; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lowtide import errors
+
+CONFIG_ENV = "LOWTIDE_CONFIG"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class _Strict(BaseModel):
+    # Unknown keys are refused so that a typo in the config file is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("lowtide-data")
+    #: ``sqlite:///path`` (default: ``<data_dir>/lowtide.db``) or ``postgresql://...``.
+    database_url: str | None = None
+    #: ``file:///path`` (default: ``<data_dir>/files``) or ``s3://bucket/prefix``.
+    storage_url: str | None = None
+    #: Time zone in which ``create_after`` / ``create_before`` list filters are read.
+    timezone: str = "UTC"
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'lowtide.db'}"
+
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'files').resolve()}"
+
+
+class ApiKeySettings(_Strict):
+    key: str = Field(min_length=8)
+    account: str = Field(default="default", min_length=1, max_length=64)
+
+
+class BackendSettings(_Strict):
+    name: str = Field(min_length=1)
+    base_url: str
+    api_key: str | None = None
+    #: Name of an environment variable holding the key (so it stays out of the file).
+    api_key_env: str | None = None
+    models: list[str] = Field(min_length=1)
+    #: Batch model name -> the name this backend knows it by.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=16, ge=1, le=10_000)
+    #: Seconds to wait for one answer before the attempt counts as a timeout.
+    timeout: float = Field(default=600.0, gt=0)
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env)
+        return self.api_key
+
+
+class ModelSettings(_Strict):
+    #: Real-time price per 1M input tokens.
+    input_price: float = Field(default=0.0, ge=0)
+    #: Real-time price per 1M output tokens (reasoning tokens too).
+    output_price: float = Field(default=0.0, ge=0)
+    currency: str = "USD"
+
+
+class BillingSettings(_Strict):
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
+    currency: str = "USD"
+
+
+class EngineSettings(_Strict):
+    #: Attempts per request before a retryable failure goes to the error file.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    #: First retry delay in seconds; doubled each attempt, with full jitter, up to ``retry_max_delay``.
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=30.0, ge=0)
+    #: Seconds a claimed request stays leased without a heartbeat.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    #: Results are committed every ``commit_interval`` seconds or ``commit_batch`` results.
+    commit_interval: float = Field(default=0.05, gt=0)
+    commit_batch: int = Field(default=200, ge=1)
+    #: Idle poll interval: the safety net behind the in-process wake-ups.
+    poll_interval: float = Field(default=1.0, gt=0)
+    #: Seconds to let in-flight requests finish on SIGTERM before they are released.
+    shutdown_grace: float = Field(default=8.0, ge=0)
+
+
+class LimitSettings(_Strict):
+    max_file_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    max_lines: int = Field(default=50_000, ge=1)
+    max_line_bytes: int = Field(default=6 * 1024 * 1024, ge=1)
+    #: Live (non-terminal) batches of the test model per account.
+    test_batches_per_account: int = Field(default=2, ge=1)
+
+
+class TestingSettings(_Strict):
+    """Knobs that only tests may turn; refused outside ``LOWTIDE_TESTING=1``."""
+
+    #: Overrides every batch's completion window, in seconds (to test expiry quickly).
+    completion_window_seconds: float | None = None
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    backends: list[BackendSettings] = Field(default_factory=list)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    billing: BillingSettings = BillingSettings()
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    testing: TestingSettings = TestingSettings()
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backend_names(cls, value: list[BackendSettings]) -> list[BackendSettings]:
+        names = [b.name for b in value]
+        if len(names) != len(set(names)):
+            raise ValueError("backend names must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _testing_only_in_tests(self) -> Settings:
+        if self.testing != TestingSettings() and os.environ.get("LOWTIDE_TESTING") != "1":
+            raise ValueError("[testing] settings need LOWTIDE_TESTING=1 in the environment")
+        return self
+
+    def served_models(self) -> set[str]:
+        return {model for backend in self.backends for model in backend.models}
+
+    def keys_required(self) -> bool:
+        return bool(self.api_keys)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (``path``, else ``$LOWTIDE_CONFIG``, else none) and apply overrides.
+
+    ``overrides`` are ``server`` keys given on the command line (host, port, data_dir).
+    """
+    path = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    raw: dict[str, Any] = _read_toml(path) if path else {}
+    server = dict(raw.get("server", {}))
+    server.update({k: v for k, v in overrides.items() if v is not None})
+    raw["server"] = server
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise errors.ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"config file {path} is not valid TOML: {exc}") from exc

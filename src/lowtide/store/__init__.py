@@ -1,0 +1,20 @@
+"""Durable state: the ``Store`` port and its implementations, chosen from a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lowtide import errors
+from lowtide.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///relative/or/absolute/path.db``; PostgreSQL comes with the scale-out mode."""
+    if url.startswith("sqlite:///"):
+        from lowtide.store.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+    raise errors.ConfigError(f"unsupported database_url {url!r}: use sqlite:///PATH")
+
+
+__all__ = ["Store", "open_store"]

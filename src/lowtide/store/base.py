@@ -1,0 +1,131 @@
+"""The durable-state port: a small async interface named after what the service and engine do.
+
+Implementations: ``lowtide.store.sqlite`` (default); chosen from the URL by ``open_store``.
+Every method that commits a request's result is fenced by the lease epoch, so a worker whose
+lease was taken over can never overwrite the newer owner's result (design invariant 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
+from lowtide.domain.status import Status
+from lowtide.domain.validation import RequestLine
+from lowtide.domain.work import ActiveBatch, Claim, Outcome, ResultRow
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def create_file(self, record: FileRecord) -> None: ...
+
+    async def get_file(self, account: str | None, file_id: str) -> FileRecord | None:
+        """A live file of ``account`` (any account when None)."""
+
+    async def list_files(
+        self, account: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> list[FileRecord]: ...
+
+    async def delete_file(self, account: str, file_id: str) -> FileRecord | None:
+        """Forget the file; returns it so the caller can delete its bytes."""
+
+    async def file_usage(self, account: str) -> tuple[int, int]:
+        """(number of files, bytes stored) of an account."""
+
+    # --- batches (control plane) -------------------------------------------------------------
+
+    async def create_batch(self, record: BatchRecord) -> None: ...
+
+    async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord | None: ...
+
+    async def list_batches(
+        self, account: str | None, flt: BatchFilter, *, after: str | None, limit: int
+    ) -> list[BatchRecord]:
+        """Newest first; ``after`` is a batch id, items older than it."""
+
+    async def count_live_batches(self, account: str, endpoint: str) -> int: ...
+
+    async def request_cancel(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
+        """Move a validating / in_progress batch to cancelling; return the batch as it is now."""
+
+    # --- engine: validation ------------------------------------------------------------------
+
+    async def claim_validation(self, owner: str, now: float, lease: float) -> BatchRecord | None:
+        """Lease one batch in ``validating`` whose lease is free or expired."""
+
+    async def finish_validation(
+        self,
+        batch_id: str,
+        owner: str,
+        requests: Sequence[RequestLine],
+        model: str,
+        pricing: Pricing,
+        now: int,
+    ) -> bool:
+        """Store the request rows and move the batch to in_progress (False if it moved on)."""
+
+    async def fail_validation(
+        self, batch_id: str, owner: str, errors: list[JsonDict], now: int
+    ) -> bool: ...
+
+    # --- engine: dispatch --------------------------------------------------------------------
+
+    async def active_batches(self) -> list[ActiveBatch]:
+        """Batches in progress, earliest deadline first."""
+
+    async def claim_requests(
+        self, batch_id: str, owner: str, limit: int, now: float, lease: float
+    ) -> list[Claim]: ...
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> list[str]:
+        """Commit a group of outcomes in one transaction, each fenced by its epoch.
+
+        Returns the ids of batches whose every request now has a result.
+        """
+
+    async def heartbeat(self, owner: str, lease_until: float) -> None: ...
+
+    async def release_leases(self, owner: str | None) -> int:
+        """Put leased requests back to pending (``owner`` None: every lease, at start-up)."""
+
+    async def reclaim_expired_leases(self, now: float) -> int: ...
+
+    async def next_retry_at(self) -> float | None:
+        """The earliest ``not_before`` of a pending request waiting for a retry."""
+
+    # --- engine: expiry, cancel, finalisation ------------------------------------------------
+
+    async def expire_due(self, now: int) -> list[str]:
+        """Move batches past ``expires_at`` to finalizing (ending expired)."""
+
+    async def batches_to_finalize(self, now: float) -> list[str]:
+        """Batches ready to write results: all done, or stopping with nothing in flight."""
+
+    async def claim_finalization(
+        self, batch_id: str, owner: str, now: float, lease: float
+    ) -> BatchRecord | None:
+        """Lease the batch for finalisation; moves a finished in_progress batch to finalizing."""
+
+    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+        """Every request of the batch in line order, in chunks."""
+
+    async def finish_finalization(
+        self,
+        batch_id: str,
+        owner: str,
+        status: Status,
+        files: Sequence[FileRecord],
+        unrun_code: str | None,
+        unrun_message: str | None,
+        now: int,
+    ) -> bool:
+        """Publish the result files and the terminal status in one transaction."""

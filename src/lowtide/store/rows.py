@@ -1,0 +1,180 @@
+"""Mapping between records and database rows, shared by the SQL stores."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from lowtide.domain import ids
+from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, Pricing, Usage
+from lowtide.domain.status import TIMESTAMP_OF, Status
+from lowtide.domain.work import SUCCEEDED, Outcome, RequestState, ResultRow
+
+_BATCH_TIMES = (
+    "in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
+    "cancelling_at", "cancelled_at",
+)  # fmt: skip
+
+
+def input_blob_key(file_id: str) -> str:
+    return f"inputs/{file_id}"
+
+
+def file_params(r: FileRecord) -> tuple[Any, ...]:
+    return (r.id, r.account, r.purpose, r.filename, r.bytes, r.created_at, r.expires_at,
+            r.status, r.blob_key)  # fmt: skip
+
+
+def file_from_row(row: Mapping[str, Any]) -> FileRecord:
+    return FileRecord(
+        id=row["id"],
+        account=row["account"],
+        purpose=row["purpose"],
+        filename=row["filename"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+        blob_key=row["blob_key"],
+        expires_at=row["expires_at"],
+        status=row["status"],
+    )
+
+
+def batch_params(r: BatchRecord) -> dict[str, Any]:
+    metadata = orjson.dumps(r.metadata).decode() if r.metadata is not None else None
+    name = (r.metadata or {}).get("ds_name")
+    params: dict[str, Any] = {
+        "id": r.id, "account": r.account, "endpoint": r.endpoint,
+        "input_file_id": r.input_file_id, "completion_window": r.completion_window,
+        "status": r.status.value, "end_status": r.end_status.value if r.end_status else None,
+        "model": r.model, "metadata": metadata, "name_lower": name.lower() if name else None,
+        "created_at": r.created_at, "expires_at": r.expires_at,
+        "output_file_id": r.output_file_id, "error_file_id": r.error_file_id,
+        "errors": orjson.dumps(r.errors).decode() if r.errors is not None else None,
+        "total": r.total, "completed": r.completed, "failed": r.failed,
+        "input_tokens": r.usage.input_tokens, "cached_tokens": r.usage.cached_tokens,
+        "output_tokens": r.usage.output_tokens, "reasoning_tokens": r.usage.reasoning_tokens,
+        "input_price": r.pricing.input_price, "output_price": r.pricing.output_price,
+        "discount": r.pricing.discount, "currency": r.pricing.currency,
+        "output_expires_after": r.output_expires_after,
+    }  # fmt: skip
+    params.update({name: getattr(r, name) for name in _BATCH_TIMES})
+    return params
+
+
+def batch_from_row(row: Mapping[str, Any]) -> BatchRecord:
+    return BatchRecord(
+        id=row["id"],
+        account=row["account"],
+        endpoint=row["endpoint"],
+        input_file_id=row["input_file_id"],
+        completion_window=row["completion_window"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        status=Status(row["status"]),
+        end_status=Status(row["end_status"]) if row["end_status"] else None,
+        metadata=_json_or_none(row["metadata"]),
+        model=row["model"],
+        output_file_id=row["output_file_id"],
+        error_file_id=row["error_file_id"],
+        errors=_json_or_none(row["errors"]),
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        usage=Usage(row["input_tokens"], row["cached_tokens"], row["output_tokens"],
+                    row["reasoning_tokens"]),  # fmt: skip
+        pricing=Pricing(row["input_price"], row["output_price"], row["discount"],
+                        row["currency"]),  # fmt: skip
+        output_expires_after=row["output_expires_after"],
+        **{name: row[name] for name in _BATCH_TIMES},
+    )
+
+
+def _json_or_none(text: str | bytes | None) -> Any:
+    return orjson.loads(text) if text is not None else None
+
+
+def batch_filter_sql(account: str | None, flt: BatchFilter) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (with ``?`` marks) for the list filters; portable SQL."""
+    where: list[str] = []
+    params: list[Any] = []
+    if account is not None:
+        where.append("account = ?")
+        params.append(account)
+    if flt.statuses:
+        where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
+        params.extend(s.value for s in flt.statuses)
+    if flt.name_contains:
+        where.append("instr(name_lower, ?) > 0")
+        params.append(flt.name_contains.lower())
+    if flt.input_file_ids:
+        where.append(f"input_file_id IN ({','.join('?' * len(flt.input_file_ids))})")
+        params.extend(flt.input_file_ids)
+    for column, op, value in (
+        ("created_at", ">=", flt.created_after),
+        ("created_at", "<=", flt.created_before),
+        ("created_at", ">=", flt.not_before),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            params.append(value)
+    return where, params
+
+
+@dataclass(slots=True)
+class BatchDelta:
+    """What one group commit adds to a batch's counters."""
+
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, o: Outcome) -> None:
+        if o.kind == SUCCEEDED:
+            # Only 2xx lines are billed (section 13 point 13).
+            self.completed += 1
+            self.input_tokens += o.input_tokens
+            self.cached_tokens += o.cached_tokens
+            self.output_tokens += o.output_tokens
+            self.reasoning_tokens += o.reasoning_tokens
+        elif o.kind != "retry":
+            self.failed += 1
+
+    def params(self) -> tuple[int, ...]:
+        return (self.completed, self.failed, self.input_tokens, self.cached_tokens,
+                self.output_tokens, self.reasoning_tokens)  # fmt: skip
+
+
+DELTA_SQL = (
+    "UPDATE batches SET completed = completed + ?, failed = failed + ?,"
+    " input_tokens = input_tokens + ?, cached_tokens = cached_tokens + ?,"
+    " output_tokens = output_tokens + ?, reasoning_tokens = reasoning_tokens + ?"
+    " WHERE id = ?"
+)
+
+
+def result_chunk(c: sqlite3.Connection, batch_id: str, after_line: int) -> list[ResultRow]:
+    result = c.execute(
+        "SELECT line, custom_id, state, status_code, request_id, body, error_code, error_message"
+        " FROM requests WHERE batch_id = ? AND line > ? ORDER BY line LIMIT 2000",
+        (batch_id, after_line),
+    ).fetchall()
+    return [
+        ResultRow(r[0], r[1], RequestState(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in result
+    ]
+
+
+def result_file_ids(files: Sequence[FileRecord]) -> tuple[str | None, str | None]:
+    output = next((f.id for f in files if f.id.startswith(ids.OUTPUT_FILE_PREFIX)), None)
+    error = next((f.id for f in files if f.id.startswith(ids.ERROR_FILE_PREFIX)), None)
+    return output, error
+
+
+def timestamp_column(status: Status) -> str:
+    return TIMESTAMP_OF[status]

@@ -1,0 +1,544 @@
+"""The SQLite store: one writer thread, a small pool of reader threads, WAL.
+
+Every write goes to one thread that owns the write connection (``BEGIN IMMEDIATE`` ... ``COMMIT``),
+so writes never contend; reads run on their own connections and never wait for a write (WAL).
+``synchronous=FULL`` makes every commit durable against power loss as well as ``kill -9``; group
+commits (one transaction for many results) keep that cheap.
+
+SQLite mode is one process: a second process on the same file is not supported (use PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
+from lowtide.domain.status import TERMINAL, Status
+from lowtide.domain.validation import RequestLine
+from lowtide.domain.work import (
+    FAILED,
+    RETRY,
+    SUCCEEDED,
+    ActiveBatch,
+    Claim,
+    Outcome,
+    RequestState,
+    ResultRow,
+)
+from lowtide.store import rows
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_LEASED = int(RequestState.LEASED)
+_PENDING = int(RequestState.PENDING)
+_TERMINAL_SQL = ",".join(f"'{s.value}'" for s in TERMINAL)
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lowtide-sqlite-w")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lowtide-sqlite-r")
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+        self._all_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        with self._conns_lock:
+            self._all_conns.append(conn)
+        return conn
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            assert self._write_conn is not None
+            conn = self._write_conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            return fn(self._reader_conn())
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def setup() -> None:
+            conn = self._connect()
+            conn.row_factory = sqlite3.Row
+            schema = resources.files("lowtide.store").joinpath("sql/sqlite.sql").read_text()
+            conn.executescript(schema)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._write_conn = conn
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, setup)
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            with self._conns_lock:
+                for conn in self._all_conns:
+                    conn.close()
+                self._all_conns.clear()
+
+        self._readers.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(self._writer, close_all)
+        self._writer.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def create_file(self, record: FileRecord) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO files (id, account, purpose, filename, bytes, created_at, expires_at,"
+                " status, blob_key, seq) VALUES (?,?,?,?,?,?,?,?,?,"
+                " (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))",
+                rows.file_params(record),
+            )
+
+        await self._write(insert)
+
+    async def get_file(self, account: str | None, file_id: str) -> FileRecord | None:
+        def fetch(c: sqlite3.Connection) -> FileRecord | None:
+            row = c.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None or (account is not None and row["account"] != account):
+                return None
+            return rows.file_from_row(row)
+
+        return await self._read(fetch)
+
+    async def list_files(
+        self, account: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> list[FileRecord]:
+        desc = order == "desc"
+
+        def fetch(c: sqlite3.Connection) -> list[FileRecord]:
+            sql = "SELECT * FROM files WHERE account = ?"
+            params: list[Any] = [account]
+            if purpose:
+                sql += " AND purpose = ?"
+                params.append(purpose)
+            if after:
+                cmp = "<" if desc else ">"
+                sql += f" AND seq {cmp} COALESCE((SELECT seq FROM files WHERE id = ?), -1)"
+                params.append(after)
+            sql += f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?"
+            params.append(limit)
+            return [rows.file_from_row(r) for r in c.execute(sql, params)]
+
+        return await self._read(fetch)
+
+    async def delete_file(self, account: str, file_id: str) -> FileRecord | None:
+        def delete(c: sqlite3.Connection) -> FileRecord | None:
+            row = c.execute(
+                "SELECT * FROM files WHERE id = ? AND account = ?", (file_id, account)
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            return rows.file_from_row(row)
+
+        return await self._write(delete)
+
+    async def file_usage(self, account: str) -> tuple[int, int]:
+        def fetch(c: sqlite3.Connection) -> tuple[int, int]:
+            n, size = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE account = ?", (account,)
+            ).fetchone()
+            return int(n), int(size)
+
+        return await self._read(fetch)
+
+    # --- batches (control plane) -------------------------------------------------------------
+
+    async def create_batch(self, record: BatchRecord) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            params = rows.batch_params(record)
+            names = ",".join(params)
+            marks = ",".join(f":{k}" for k in params)
+            c.execute(
+                f"INSERT INTO batches ({names}, seq) VALUES ({marks},"
+                " (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches))",
+                params,
+            )
+
+        await self._write(insert)
+
+    async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord | None:
+        def fetch(c: sqlite3.Connection) -> BatchRecord | None:
+            return _fetch_batch(c, account, batch_id)
+
+        return await self._read(fetch)
+
+    async def list_batches(
+        self, account: str | None, flt: BatchFilter, *, after: str | None, limit: int
+    ) -> list[BatchRecord]:
+        where, params = rows.batch_filter_sql(account, flt)
+        if after:
+            where.append("seq < COALESCE((SELECT seq FROM batches WHERE id = ?), -1)")
+            params.append(after)
+        sql = "SELECT * FROM batches"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+
+        def fetch(c: sqlite3.Connection) -> list[BatchRecord]:
+            return [rows.batch_from_row(r) for r in c.execute(sql, params)]
+
+        return await self._read(fetch)
+
+    async def count_live_batches(self, account: str, endpoint: str) -> int:
+        def fetch(c: sqlite3.Connection) -> int:
+            (n,) = c.execute(
+                f"SELECT COUNT(*) FROM batches WHERE account = ? AND endpoint = ?"
+                f" AND status NOT IN ({_TERMINAL_SQL})",
+                (account, endpoint),
+            ).fetchone()
+            return int(n)
+
+        return await self._read(fetch)
+
+    async def request_cancel(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
+        def cancel(c: sqlite3.Connection) -> BatchRecord | None:
+            c.execute(
+                "UPDATE batches SET status = 'cancelling', end_status = 'cancelled',"
+                " cancelling_at = ? WHERE id = ? AND account = ?"
+                " AND status IN ('validating', 'in_progress')",
+                (now, batch_id, account),
+            )
+            return _fetch_batch(c, account, batch_id)
+
+        return await self._write(cancel)
+
+    # --- engine: validation ------------------------------------------------------------------
+
+    async def claim_validation(self, owner: str, now: float, lease: float) -> BatchRecord | None:
+        def claim(c: sqlite3.Connection) -> BatchRecord | None:
+            row = c.execute(
+                "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ("
+                " SELECT id FROM batches WHERE status = 'validating' AND lease_until < ?"
+                " ORDER BY seq LIMIT 1) RETURNING *",
+                (owner, now + lease, now),
+            ).fetchone()
+            return rows.batch_from_row(row) if row else None
+
+        return await self._write(claim)
+
+    async def finish_validation(
+        self,
+        batch_id: str,
+        owner: str,
+        requests: Sequence[RequestLine],
+        model: str,
+        pricing: Pricing,
+        now: int,
+    ) -> bool:
+        def finish(c: sqlite3.Connection) -> bool:
+            moved = c.execute(
+                "UPDATE batches SET status = 'in_progress', in_progress_at = ?, model = ?,"
+                " total = ?, input_price = ?, output_price = ?, discount = ?, currency = ?,"
+                " lease_owner = NULL, lease_until = 0"
+                " WHERE id = ? AND lease_owner = ? AND status = 'validating'",
+                (now, model, len(requests), pricing.input_price, pricing.output_price,
+                 pricing.discount, pricing.currency, batch_id, owner),
+            ).rowcount
+            if not moved:
+                _drop_batch_lease(c, batch_id, owner)
+                return False
+            c.execute("DELETE FROM requests WHERE batch_id = ?", (batch_id,))
+            c.executemany(
+                "INSERT INTO requests (batch_id, line, custom_id, offset, length)"
+                " VALUES (?,?,?,?,?)",
+                ((batch_id, r.line, r.custom_id, r.offset, r.length) for r in requests),
+            )
+            return True
+
+        return await self._write(finish)
+
+    async def fail_validation(
+        self, batch_id: str, owner: str, errors: list[JsonDict], now: int
+    ) -> bool:
+        def fail(c: sqlite3.Connection) -> bool:
+            moved = c.execute(
+                "UPDATE batches SET status = 'failed', failed_at = ?, errors = ?,"
+                " lease_owner = NULL, lease_until = 0"
+                " WHERE id = ? AND lease_owner = ? AND status = 'validating'",
+                (now, orjson.dumps(errors).decode(), batch_id, owner),
+            ).rowcount
+            if not moved:
+                _drop_batch_lease(c, batch_id, owner)
+            return bool(moved)
+
+        return await self._write(fail)
+
+    # --- engine: dispatch --------------------------------------------------------------------
+
+    async def active_batches(self) -> list[ActiveBatch]:
+        def fetch(c: sqlite3.Connection) -> list[ActiveBatch]:
+            result = c.execute(
+                "SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at,"
+                " b.input_file_id FROM batches b LEFT JOIN files f ON f.id = b.input_file_id"
+                " WHERE b.status = 'in_progress' ORDER BY b.expires_at, b.seq"
+            ).fetchall()
+            return [
+                ActiveBatch(r[0], r[1], r[2], r[3], r[4] or rows.input_blob_key(r[6]), r[5])
+                for r in result
+            ]
+
+        return await self._read(fetch)
+
+    async def claim_requests(
+        self, batch_id: str, owner: str, limit: int, now: float, lease: float
+    ) -> list[Claim]:
+        def claim(c: sqlite3.Connection) -> list[Claim]:
+            result = c.execute(
+                "UPDATE requests SET state = 1, lease_owner = ?, lease_until = ?,"
+                " lease_epoch = lease_epoch + 1"
+                " WHERE batch_id = ? AND line IN (SELECT line FROM requests"
+                "  WHERE batch_id = ? AND state = 0 AND not_before <= ? ORDER BY line LIMIT ?)"
+                " RETURNING line, custom_id, offset, length, attempts, lease_epoch",
+                (owner, now + lease, batch_id, batch_id, now, limit),
+            ).fetchall()
+            claims = [Claim(batch_id, r[0], r[1], r[2], r[3], r[4], r[5]) for r in result]
+            claims.sort(key=lambda cl: cl.line)
+            return claims
+
+        return await self._write(claim)
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> list[str]:
+        def record(c: sqlite3.Connection) -> list[str]:
+            touched: dict[str, rows.BatchDelta] = {}
+            for outcome in outcomes:
+                if _apply_outcome(c, outcome):
+                    delta = touched.setdefault(outcome.batch_id, rows.BatchDelta())
+                    delta.add(outcome)
+            for batch_id, delta in touched.items():
+                c.execute(rows.DELTA_SQL, (*delta.params(), batch_id))
+            return _finished_among(c, list(touched))
+
+        return await self._write(record)
+
+    async def heartbeat(self, owner: str, lease_until: float) -> None:
+        def beat(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE requests SET lease_until = ? WHERE state = 1 AND lease_owner = ?",
+                (lease_until, owner),
+            )
+            c.execute(
+                "UPDATE batches SET lease_until = ? WHERE lease_owner = ?", (lease_until, owner)
+            )
+
+        await self._write(beat)
+
+    async def release_leases(self, owner: str | None) -> int:
+        def release(c: sqlite3.Connection) -> int:
+            if owner is None:
+                c.execute("UPDATE batches SET lease_owner = NULL, lease_until = 0")
+                return c.execute(
+                    "UPDATE requests SET state = 0, lease_owner = NULL WHERE state = 1"
+                ).rowcount
+            c.execute(
+                "UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
+                (owner,),
+            )
+            return c.execute(
+                "UPDATE requests SET state = 0, lease_owner = NULL"
+                " WHERE state = 1 AND lease_owner = ?",
+                (owner,),
+            ).rowcount
+
+        return await self._write(release)
+
+    async def reclaim_expired_leases(self, now: float) -> int:
+        def reclaim(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "UPDATE requests SET state = 0, lease_owner = NULL"
+                " WHERE state = 1 AND lease_until < ?",
+                (now,),
+            ).rowcount
+
+        return await self._write(reclaim)
+
+    async def next_retry_at(self) -> float | None:
+        def fetch(c: sqlite3.Connection) -> float | None:
+            (value,) = c.execute(
+                "SELECT MIN(not_before) FROM requests WHERE state = 0 AND not_before > 0"
+            ).fetchone()
+            return float(value) if value is not None else None
+
+        return await self._read(fetch)
+
+    # --- engine: expiry, cancel, finalisation ------------------------------------------------
+
+    async def expire_due(self, now: int) -> list[str]:
+        def expire(c: sqlite3.Connection) -> list[str]:
+            result = c.execute(
+                "UPDATE batches SET status = 'finalizing', end_status = 'expired',"
+                " finalizing_at = ? WHERE status IN ('validating', 'in_progress')"
+                " AND expires_at <= ? RETURNING id",
+                (now, now),
+            ).fetchall()
+            return [r[0] for r in result]
+
+        return await self._write(expire)
+
+    async def batches_to_finalize(self, now: float) -> list[str]:
+        def fetch(c: sqlite3.Connection) -> list[str]:
+            result = c.execute(
+                "SELECT id FROM batches b WHERE lease_until < :now AND ("
+                " (status = 'in_progress' AND completed + failed >= total)"
+                " OR (status IN ('cancelling', 'finalizing') AND NOT EXISTS ("
+                "   SELECT 1 FROM requests r WHERE r.batch_id = b.id AND r.state = 1"
+                "   AND r.lease_until >= :now)))"
+                " ORDER BY seq",
+                {"now": now},
+            ).fetchall()
+            return [r[0] for r in result]
+
+        return await self._read(fetch)
+
+    async def claim_finalization(
+        self, batch_id: str, owner: str, now: float, lease: float
+    ) -> BatchRecord | None:
+        def claim(c: sqlite3.Connection) -> BatchRecord | None:
+            moved = c.execute(
+                "UPDATE batches SET lease_owner = ?, lease_until = ?,"
+                " status = CASE WHEN status = 'in_progress' THEN 'finalizing' ELSE status END,"
+                " end_status = COALESCE(end_status, 'completed'),"
+                " finalizing_at = CASE WHEN status = 'in_progress' THEN ? ELSE finalizing_at END"
+                " WHERE id = ? AND lease_until < ?"
+                " AND (status IN ('cancelling', 'finalizing')"
+                "  OR (status = 'in_progress' AND completed + failed >= total))",
+                (owner, now + lease, int(now), batch_id, now),
+            ).rowcount
+            return _fetch_batch(c, None, batch_id) if moved else None
+
+        return await self._write(claim)
+
+    async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+        last = 0
+        while True:
+            chunk = await self._read(lambda c, after=last: rows.result_chunk(c, batch_id, after))
+            if not chunk:
+                return
+            yield chunk
+            last = chunk[-1].line
+
+    async def finish_finalization(
+        self,
+        batch_id: str,
+        owner: str,
+        status: Status,
+        files: Sequence[FileRecord],
+        unrun_code: str | None,
+        unrun_message: str | None,
+        now: int,
+    ) -> bool:
+        def finish(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "SELECT lease_owner FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+            if row is None or row[0] != owner:
+                return False  # another worker took the batch over: its result stands
+            unrun = c.execute(
+                "UPDATE requests SET state = 3, error_code = ?, error_message = ?,"
+                " lease_owner = NULL WHERE batch_id = ? AND state IN (0, 1)",
+                (unrun_code, unrun_message, batch_id),
+            ).rowcount
+            for record in files:
+                c.execute(
+                    "INSERT INTO files (id, account, purpose, filename, bytes, created_at,"
+                    " expires_at, status, blob_key, seq) VALUES (?,?,?,?,?,?,?,?,?,"
+                    " (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))",
+                    rows.file_params(record),
+                )
+            ids = rows.result_file_ids(files)
+            c.execute(
+                f"UPDATE batches SET status = ?, {rows.timestamp_column(status)} = ?,"
+                " output_file_id = ?, error_file_id = ?, failed = failed + ?,"
+                " lease_owner = NULL, lease_until = 0 WHERE id = ?",
+                (status.value, now, ids[0], ids[1], unrun, batch_id),
+            )
+            return True
+
+        return await self._write(finish)
+
+
+def _fetch_batch(c: sqlite3.Connection, account: str | None, batch_id: str) -> BatchRecord | None:
+    row = c.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    if row is None or (account is not None and row["account"] != account):
+        return None
+    return rows.batch_from_row(row)
+
+
+def _drop_batch_lease(c: sqlite3.Connection, batch_id: str, owner: str) -> None:
+    c.execute(
+        "UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE id = ? AND lease_owner = ?",
+        (batch_id, owner),
+    )
+
+
+def _apply_outcome(c: sqlite3.Connection, o: Outcome) -> bool:
+    """Apply one outcome if its lease is still the current one (the fencing check)."""
+    fence = " WHERE batch_id = ? AND line = ? AND lease_epoch = ? AND state = 1"
+    key = (o.batch_id, o.line, o.epoch)
+    if o.kind == RETRY:
+        sql = "UPDATE requests SET state = 0, lease_owner = NULL, not_before = ?, attempts = ?"
+        return bool(c.execute(sql + fence, (o.not_before, o.attempts, *key)).rowcount)
+    state = RequestState.SUCCEEDED if o.kind == SUCCEEDED else RequestState.FAILED
+    assert o.kind in (SUCCEEDED, FAILED)
+    sql = (
+        "UPDATE requests SET state = ?, lease_owner = NULL, attempts = ?, status_code = ?,"
+        " request_id = ?, body = ?, error_code = ?, error_message = ?"
+    )
+    params = (int(state), o.attempts, o.status_code, o.request_id, o.body, o.error_code,
+              o.error_message)
+    return bool(c.execute(sql + fence, (*params, *key)).rowcount)
+
+
+def _finished_among(c: sqlite3.Connection, batch_ids: list[str]) -> list[str]:
+    if not batch_ids:
+        return []
+    marks = ",".join("?" * len(batch_ids))
+    result = c.execute(
+        f"SELECT id FROM batches WHERE id IN ({marks}) AND completed + failed >= total",
+        batch_ids,
+    ).fetchall()
+    return [r[0] for r in result]
