@@ -31,8 +31,9 @@ class LowtideError(Exception):
     error_type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str | None = None, *, param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, param: str | None = None, code: str | None = None
+    ) -> None:
         self.message = message or (self.__doc__ or "").strip()
         self.param = param
         if code is not None:
@@ -110,8 +111,14 @@ class RateLimited(LowtideError):
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str | None = None, *, retry_after: float = 1.0,
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float = 1.0,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message, param=param, code=code)
         self.retry_after = retry_after
 

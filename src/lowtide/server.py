@@ -34,9 +34,11 @@ def check_exposure(settings: Settings) -> None:
     if settings.server.host not in LOOPBACK_HOSTS:
         raise errors.ConfigError(
             f"refusing to listen on {settings.server.host} without API keys: add [[api_keys]] "
-            "to the config, or listen on 127.0.0.1")
-    logger.warning("no API keys configured: every caller is account 'default' "
-                   "(listening on loopback only)")
+            "to the config, or listen on 127.0.0.1"
+        )
+    logger.warning(
+        "no API keys configured: every caller is account 'default' (listening on loopback only)"
+    )
 
 
 @dataclass
@@ -49,8 +51,14 @@ class Server:
     app: FastAPI = field(init=False)
 
     def __post_init__(self) -> None:
-        self.app = create_app(self.settings, self.store, self.blobs, wake=self.wake,
-                              on_startup=self.start, on_shutdown=self.stop)
+        self.app = create_app(
+            self.settings,
+            self.store,
+            self.blobs,
+            wake=self.wake,
+            on_startup=self.start,
+            on_shutdown=self.stop,
+        )
 
     def wake(self) -> None:
         if self.engine is not None:

@@ -83,7 +83,7 @@ class BillingSettings(_Strict):
 class EngineSettings(_Strict):
     #: Attempts per request before a retryable failure goes to the error file.
     max_attempts: int = Field(default=5, ge=1, le=100)
-    #: First retry delay in seconds; doubled each attempt, with full jitter, up to ``retry_max_delay``.
+    #: First retry delay in seconds; doubled each attempt (full jitter) up to ``retry_max_delay``.
     retry_base_delay: float = Field(default=0.5, ge=0)
     retry_max_delay: float = Field(default=30.0, ge=0)
     #: Seconds a claimed request stays leased without a heartbeat.

@@ -115,18 +115,36 @@ def test_header_mode_picks_columns_by_name_or_index(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
 
     by_name = run(
-        "csv-to-jsonl", src, "-o", out, "--model", "m", "--header",
-        "--id-column", "id", "--text-column", "question",
-    )  # fmt: skip
+        "csv-to-jsonl",
+        src,
+        "-o",
+        out,
+        "--model",
+        "m",
+        "--header",
+        "--id-column",
+        "id",
+        "--text-column",
+        "question",
+    )
     assert by_name.exit_code == 0, by_name.output
     lines = read_jsonl(out)
     assert [line["custom_id"] for line in lines] == ["a", "b"]
     assert lines[0]["body"]["messages"] == [{"role": "user", "content": "Hi?"}]
 
     by_index = run(
-        "csv-to-jsonl", src, "-o", out, "--model", "m", "--header",
-        "--id-column", "2", "--text-column", "0",
-    )  # fmt: skip
+        "csv-to-jsonl",
+        src,
+        "-o",
+        out,
+        "--model",
+        "m",
+        "--header",
+        "--id-column",
+        "2",
+        "--text-column",
+        "0",
+    )
     assert by_index.exit_code == 0, by_index.output
     assert read_jsonl(out) == lines
 
@@ -181,10 +199,23 @@ def test_params_are_typed_as_json_when_they_parse(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", [["1", "hi"]])
 
     result = run(
-        "csv-to-jsonl", src, "--model", "m",
-        "--param", "temperature=0.2", "--param", "max_tokens=100", "--param", 'stop=["x"]',
-        "--param", "user=alice", "--param", "enable_thinking=false", "--param", "seed=007",
-    )  # fmt: skip
+        "csv-to-jsonl",
+        src,
+        "--model",
+        "m",
+        "--param",
+        "temperature=0.2",
+        "--param",
+        "max_tokens=100",
+        "--param",
+        'stop=["x"]',
+        "--param",
+        "user=alice",
+        "--param",
+        "enable_thinking=false",
+        "--param",
+        "seed=007",
+    )
 
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)["body"]

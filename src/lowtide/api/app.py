@@ -19,10 +19,15 @@ from lowtide.store import Store
 PREFIXES = ("/v1", "/compatible-mode/v1")
 
 
-def create_app(settings: Settings, store: Store, blobs: BlobStore, *,
-               wake: Callable[[], None],
-               on_startup: Callable[[], Awaitable[None]] | None = None,
-               on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    settings: Settings,
+    store: Store,
+    blobs: BlobStore,
+    *,
+    wake: Callable[[], None],
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
     """Build the app; ``on_startup`` / ``on_shutdown`` open and close what the caller wired."""
 
     @asynccontextmanager
@@ -35,9 +40,14 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore, *,
             if on_shutdown is not None:
                 await on_shutdown()
 
-    app = FastAPI(title="lowtide", version=lowtide.__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
-                  description="A self-hosted Batch API for LLM requests.")
+    app = FastAPI(
+        title="lowtide",
+        version=lowtide.__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="A self-hosted Batch API for LLM requests.",
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.blobs = blobs

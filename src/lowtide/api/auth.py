@@ -36,7 +36,9 @@ class Authenticator:
         if scheme.lower() != "bearer" or not key.strip():
             raise errors.AuthenticationFailed(
                 "You didn't provide an API key. Provide it in the Authorization header "
-                "as 'Bearer YOUR_KEY'.", code="missing_api_key")
+                "as 'Bearer YOUR_KEY'.",
+                code="missing_api_key",
+            )
         account = self._accounts.get(_digest(key.strip()))
         if account is None:
             raise errors.AuthenticationFailed("Incorrect API key provided.")

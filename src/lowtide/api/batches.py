@@ -33,7 +33,9 @@ async def _json_body(request: Request) -> Any:
     except orjson.JSONDecodeError:
         raise errors.InvalidRequest(
             "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
-            "payload.", code="invalid_json") from None
+            "payload.",
+            code="invalid_json",
+        ) from None
 
 
 @router.post("/batches", summary="Create a batch")

@@ -17,13 +17,23 @@ from lowtide.api.responses import JSON
 
 logger = logging.getLogger(__name__)
 
-_STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error",
-                 405: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+_STATUS_TYPES = {
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
-def envelope(status: int, message: str, *, type_: str = "invalid_request_error",
-             param: str | None = None, code: str | None = None,
-             headers: dict[str, str] | None = None) -> JSON:  # fmt: skip
+def envelope(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSON:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSON(body, status_code=status, headers=headers)
 
@@ -34,8 +44,14 @@ def render(exc: errors.LowtideError) -> JSON:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     if isinstance(exc, errors.AuthenticationFailed):
         headers = {"WWW-Authenticate": "Bearer"}
-    return envelope(exc.status_code, exc.message, type_=exc.error_type, param=exc.param,
-                    code=exc.code, headers=headers)
+    return envelope(
+        exc.status_code,
+        exc.message,
+        type_=exc.error_type,
+        param=exc.param,
+        code=exc.code,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -47,23 +63,32 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSON:
-        message = {404: f"Unknown request URL: {request.method} {request.url.path}.",
-                   405: f"Method {request.method} is not allowed on {request.url.path}."
-                   }.get(exc.status_code, str(exc.detail))  # fmt: skip
-        return envelope(exc.status_code, message,
-                        type_=_STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
-                        headers=dict(exc.headers) if exc.headers else None)
+        message = {
+            404: f"Unknown request URL: {request.method} {request.url.path}.",
+            405: f"Method {request.method} is not allowed on {request.url.path}.",
+        }.get(exc.status_code, str(exc.detail))
+        return envelope(
+            exc.status_code,
+            message,
+            type_=_STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSON:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
         param = ".".join(loc) or None
-        return envelope(400, f"Invalid request: {first.get('msg', 'bad input')}"
-                        + (f" ('{param}')." if param else "."), param=param)
+        return envelope(
+            400,
+            f"Invalid request: {first.get('msg', 'bad input')}"
+            + (f" ('{param}')." if param else "."),
+            param=param,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSON:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return envelope(500, "The server had an error while processing your request.",
-                        type_="server_error")
+        return envelope(
+            500, "The server had an error while processing your request.", type_="server_error"
+        )

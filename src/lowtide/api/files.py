@@ -38,8 +38,9 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: str = "desc",
 ) -> JSON:
-    records, has_more = await _files(request).list(caller, purpose=purpose, after=after,
-                                                   limit=limit, order=order)
+    records, has_more = await _files(request).list(
+        caller, purpose=purpose, after=after, limit=limit, order=order
+    )
     return page([r.to_api() for r in records], has_more=has_more)
 
 
@@ -48,15 +49,20 @@ async def retrieve_file(request: Request, file_id: str, caller: Account) -> JSON
     return JSON((await _files(request).get(caller, file_id)).to_api())
 
 
-@router.get("/files/{file_id}/content", summary="Download a file's content",
-            response_class=StreamingResponse)
+@router.get(
+    "/files/{file_id}/content",
+    summary="Download a file's content",
+    response_class=StreamingResponse,
+)
 async def file_content(request: Request, file_id: str, caller: Account) -> StreamingResponse:
     record, chunks = await _files(request).content(caller, file_id)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
-        headers={"content-length": str(record.bytes),
-                 "content-disposition": f'attachment; filename="{record.id}.jsonl"'},
+        headers={
+            "content-length": str(record.bytes),
+            "content-disposition": f'attachment; filename="{record.id}.jsonl"',
+        },
     )
 
 

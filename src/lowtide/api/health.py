@@ -17,8 +17,10 @@ async def health() -> JSON:
 @router.get("/ready", summary="Readiness: the database and the storage answer")
 async def ready(request: Request) -> JSON:
     checks: dict[str, str] = {}
-    for name, component in (("database", request.app.state.store),
-                            ("storage", request.app.state.blobs)):  # fmt: skip
+    for name, component in (
+        ("database", request.app.state.store),
+        ("storage", request.app.state.blobs),
+    ):
         try:
             await component.ping()
             checks[name] = "ok"

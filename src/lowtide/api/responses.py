@@ -17,10 +17,12 @@ class JSON(Response):
 
 def page(items: list[dict[str, Any]], has_more: bool) -> JSON:
     """The list envelope of the Files and Batches APIs."""
-    return JSON({
-        "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": has_more,
-    })
+    return JSON(
+        {
+            "object": "list",
+            "data": items,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+            "has_more": has_more,
+        }
+    )

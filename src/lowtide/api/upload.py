@@ -74,8 +74,9 @@ class MultipartUpload:
             return
         self._field_value.extend(data[start:end])
         if len(self._field_value) > _MAX_FIELD:
-            raise errors.PayloadTooLarge(f"Form field '{self._name}' is too large.",
-                                         param=self._name, code="field_too_large")
+            raise errors.PayloadTooLarge(
+                f"Form field '{self._name}' is too large.", param=self._name, code="field_too_large"
+            )
 
     def _part_end(self) -> None:
         if self._name and not self._in_file:
@@ -86,7 +87,8 @@ def parse_upload(request: Request, max_bytes: int) -> MultipartUpload:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         raise errors.UnsupportedMediaType(
-            "Files must be uploaded as multipart/form-data with a 'file' part.")
+            "Files must be uploaded as multipart/form-data with a 'file' part."
+        )
     boundary = params.get(b"boundary")
     if not boundary:
         raise errors.InvalidRequest("The multipart body has no boundary.")
@@ -102,12 +104,14 @@ def _refuse_oversized(request: Request, max_bytes: int) -> None:
     # envelope adds a little; 1 MiB of slack covers it.
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + (1 << 20):
-        raise errors.PayloadTooLarge(f"The file exceeds the maximum size of {max_bytes} bytes.",
-                                     param="file")
+        raise errors.PayloadTooLarge(
+            f"The file exceeds the maximum size of {max_bytes} bytes.", param="file"
+        )
 
 
-async def _file_chunks(request: Request, parser: MultipartParser,
-                       parts: MultipartUpload) -> AsyncIterator[bytes]:  # fmt: skip
+async def _file_chunks(
+    request: Request, parser: MultipartParser, parts: MultipartUpload
+) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
             parser.write(chunk)
@@ -118,8 +122,7 @@ async def _file_chunks(request: Request, parser: MultipartParser,
     except MultipartParseError as exc:
         raise errors.InvalidRequest(f"The multipart body is malformed: {exc}.") from exc
     except ClientDisconnect as exc:
-        raise errors.InvalidRequest("The client closed the connection during the upload.") \
-            from exc
+        raise errors.InvalidRequest("The client closed the connection during the upload.") from exc
     if parts.file_data:
         yield b"".join(parts.file_data)
         parts.file_data = []

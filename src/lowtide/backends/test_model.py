@@ -1,4 +1,4 @@
-"""The built-in test model ``batch-test-model`` (section 13 point 14): no inference, a fixed reply."""
+"""The built-in test model ``batch-test-model`` (section 13 point 14): a fixed reply, no model."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ checked again here so that no key can ever point outside the root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -151,10 +152,8 @@ def _publish(fd: int, tmp: Path, final: Path) -> None:
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def _storage_error(exc: OSError) -> errors.StorageError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -25,15 +26,34 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="LOWTIDE_CONFIG", help="TOML config file [env LOWTIDE_CONFIG].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LOWTIDE_CONFIG",
+    help="TOML config file [env LOWTIDE_CONFIG].",
+)
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the database and files live (default ./lowtide-data).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the database and files live (default ./lowtide-data).",
+)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
-def serve(config_path: Path | None, host: str | None, port: int | None, data_dir: Path | None,
-          log_level: str | None) -> None:
+@click.option(
+    "--api-only",
+    is_flag=True,
+    help="Serve the API without running the engine (batches wait for a worker).",
+)
+def serve(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    api_only: bool,
+) -> None:
     """Run the API and the engine in one process.
 
     \b
@@ -45,25 +65,44 @@ def serve(config_path: Path | None, host: str | None, port: int | None, data_dir
     from lowtide.server import build_server, check_exposure
 
     try:
-        settings = load_settings(config_path, host=host, port=port, data_dir=data_dir,
-                                 log_level=log_level)
+        settings = load_settings(
+            config_path, host=host, port=port, data_dir=data_dir, log_level=log_level
+        )
         _setup_logging(settings.server.log_level)
         check_exposure(settings)
-        server = build_server(settings)
+        server = build_server(settings, with_engine=not api_only)
     except errors.ConfigError as exc:
         raise click.ClickException(exc.message) from exc
-    config = uvicorn.Config(server.app, host=settings.server.host, port=settings.server.port,
-                            log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5, server_header=False)
+    config = uvicorn.Config(
+        server.app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
     logging.getLogger(__name__).info(
-        "lowtide %s on http://%s:%d (data in %s)", __version__, settings.server.host,
-        settings.server.port, settings.server.data_dir)
+        "lowtide %s on http://%s:%d (data in %s)",
+        __version__,
+        settings.server.host,
+        settings.server.port,
+        settings.server.data_dir,
+    )
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was in
+    # place before it started: make that a clean exit, since the drain already happened.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.Server(config).run()
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 cli.add_command(convert_group, name="convert")

@@ -37,8 +37,9 @@ def render(batch_id: str, row: ResultRow, unrun: tuple[str, str] | None) -> tupl
     return False, _line(batch_id, row, error={"code": code, "message": message}, answered=False)
 
 
-def _line(batch_id: str, row: ResultRow, error: dict[str, str | None] | None,
-          answered: bool = True) -> bytes:
+def _line(
+    batch_id: str, row: ResultRow, error: dict[str, str | None] | None, answered: bool = True
+) -> bytes:
     response = None
     if answered and row.status_code is not None:
         body = orjson.Fragment(row.body) if row.body is not None else None

@@ -19,6 +19,7 @@ from lowtide.backends.base import Unreachable
 from lowtide.blobs import BlobStore
 from lowtide.domain.work import FAILED, ActiveBatch, Claim, Outcome
 from lowtide.engine import outcomes
+from lowtide.engine.events import wait_event
 from lowtide.engine.router import Router, Slot
 from lowtide.engine.sink import ResultSink
 from lowtide.store import Store
@@ -30,10 +31,19 @@ _ACTIVE_REFRESH = 0.5  # seconds between reloads of the list of active batches
 
 
 class Dispatcher:
-    def __init__(self, store: Store, blobs: BlobStore, router: Router, sink: ResultSink, *,
-                 owner: str, lease: float, policy: outcomes.RetryPolicy,
-                 poll_interval: float, on_outcome: Callable[[ActiveBatch, Outcome], None]
-                 | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        router: Router,
+        sink: ResultSink,
+        *,
+        owner: str,
+        lease: float,
+        policy: outcomes.RetryPolicy,
+        poll_interval: float,
+        on_outcome: Callable[[ActiveBatch, Outcome], None] | None = None,
+    ) -> None:
         self.store, self.blobs, self.router, self.sink = store, blobs, router, sink
         self.owner, self.lease, self.policy = owner, lease, policy
         self.poll_interval = poll_interval
@@ -61,12 +71,16 @@ class Dispatcher:
             if claimed:
                 await asyncio.sleep(0)
             elif starved:
-                await self._slot_freed.wait()
-                self._slot_freed.clear()
-                # Let a few more requests finish so one claim statement fills several slots.
-                await asyncio.sleep(0.002)
+                await self._wait_for_slot()
             else:
                 await self._idle()
+
+    async def _wait_for_slot(self) -> None:
+        # A slot frees when a request finishes, or when a paused backend's pause ends.
+        timeout = min(self.poll_interval, self.router.next_unpause() or self.poll_interval)
+        if await wait_event(self._slot_freed, timeout):
+            # Let a few more requests finish so one claim statement fills several slots.
+            await asyncio.sleep(0.002)
 
     async def _idle(self) -> None:
         timeout = self.poll_interval
@@ -75,11 +89,7 @@ class Dispatcher:
             timeout = min(timeout, max(0.0, retry_at - time.time()))
         if (unpause := self.router.next_unpause()) is not None:
             timeout = min(timeout, unpause)
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
-        except TimeoutError:
-            pass
-        self._wake.clear()
+        await wait_event(self._wake, timeout)
 
     async def _round(self) -> tuple[int, bool]:
         claimed, starved = 0, False
@@ -127,9 +137,15 @@ class Dispatcher:
             raw = await self.blobs.read_range(batch.input_blob_key, claim.offset, claim.length)
         except errors.StorageError as exc:
             logger.error("cannot read request %s:%d: %s", batch.id, claim.line, exc)
-            return Outcome(claim.batch_id, claim.line, claim.epoch, FAILED,
-                           attempts=claim.attempts, error_code="input_unavailable",
-                           error_message="The request could not be read from the input file.")
+            return Outcome(
+                claim.batch_id,
+                claim.line,
+                claim.epoch,
+                FAILED,
+                attempts=claim.attempts,
+                error_code="input_unavailable",
+                error_message="The request could not be read from the input file.",
+            )
         body = _request_body(raw, slot.backend.model_name(batch.model))
         try:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
@@ -137,8 +153,12 @@ class Dispatcher:
             return outcomes.from_unreachable(claim, exc, self.policy)
         if reply.retry_after is not None and reply.status in (429, 503):
             self.router.pause(slot, reply.retry_after)
-            logger.info("backend %s paused for %.1fs (HTTP %d)", slot.backend.name,
-                        reply.retry_after, reply.status)
+            logger.info(
+                "backend %s paused for %.1fs (HTTP %d)",
+                slot.backend.name,
+                reply.retry_after,
+                reply.status,
+            )
         return outcomes.from_reply(claim, reply, self.policy)
 
     async def drain(self, grace: float) -> None:

@@ -23,6 +23,7 @@ from lowtide.domain import validation
 from lowtide.domain.records import Pricing
 from lowtide.engine import outcomes
 from lowtide.engine.dispatcher import Dispatcher
+from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
 from lowtide.engine.router import Router
 from lowtide.engine.sink import ResultSink
@@ -34,8 +35,15 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, router: Router, *,
-                 exclusive: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: BlobStore,
+        router: Router,
+        *,
+        exclusive: bool = True,
+    ) -> None:
         """``exclusive``: this is the only engine on the store (SQLite mode), so leases left
         by a previous run of this process can be released at once on start-up."""
         self.settings, self.store, self.blobs, self.router = settings, store, blobs, router
@@ -43,13 +51,25 @@ class Engine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         conf = settings.engine
         self.lease = conf.lease_seconds
-        self.sink = ResultSink(store, interval=conf.commit_interval, max_batch=conf.commit_batch,
-                               on_finished=self._finalize_soon)
-        policy = outcomes.RetryPolicy(conf.max_attempts, conf.retry_base_delay,
-                                      conf.retry_max_delay)
-        self.dispatcher = Dispatcher(store, blobs, router, self.sink, owner=self.owner,
-                                     lease=self.lease, policy=policy,
-                                     poll_interval=conf.poll_interval)
+        self.sink = ResultSink(
+            store,
+            interval=conf.commit_interval,
+            max_batch=conf.commit_batch,
+            on_finished=self._finalize_soon,
+        )
+        policy = outcomes.RetryPolicy(
+            conf.max_attempts, conf.retry_base_delay, conf.retry_max_delay
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            blobs,
+            router,
+            self.sink,
+            owner=self.owner,
+            lease=self.lease,
+            policy=policy,
+            poll_interval=conf.poll_interval,
+        )
         self._validate_wake = asyncio.Event()
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -113,11 +133,17 @@ class Engine:
         while not self._stopping:
             batch = await self.store.claim_validation(self.owner, time.time(), self.lease)
             if batch is None:
-                await _wait(self._validate_wake, self.settings.engine.poll_interval)
+                await wait_event(self._validate_wake, self.settings.engine.poll_interval)
                 continue
-            started = await validate_batch(self.store, self.blobs, batch, self.owner,
-                                           serves=self._serves, limits=limits,
-                                           pricing_of=self._pricing)
+            started = await validate_batch(
+                self.store,
+                self.blobs,
+                batch,
+                self.owner,
+                serves=self._serves,
+                limits=limits,
+                pricing_of=self._pricing,
+            )
             if started:
                 self.dispatcher.wake()
 
@@ -158,18 +184,14 @@ class Engine:
         prices = self.settings.models.get(model)
         if prices is None:
             return Pricing(0.0, 0.0, billing.batch_discount, billing.currency)
-        return Pricing(prices.input_price, prices.output_price, billing.batch_discount,
-                       prices.currency)
+        return Pricing(
+            prices.input_price, prices.output_price, billing.batch_discount, prices.currency
+        )
 
     def _limits(self) -> validation.Limits:
         conf = self.settings.limits
-        return validation.Limits(max_lines=conf.max_lines, max_file_bytes=conf.max_file_bytes,
-                                 max_line_bytes=conf.max_line_bytes)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout=timeout)
-    except TimeoutError:
-        pass
-    event.clear()
+        return validation.Limits(
+            max_lines=conf.max_lines,
+            max_file_bytes=conf.max_file_bytes,
+            max_line_bytes=conf.max_line_bytes,
+        )

@@ -50,8 +50,9 @@ class _Buffered:
             self.parts, self.pending = [], 0
 
 
-async def finalize(store: Store, blobs: BlobStore, batch_id: str, owner: str,
-                   lease: float) -> Status | None:  # fmt: skip
+async def finalize(
+    store: Store, blobs: BlobStore, batch_id: str, owner: str, lease: float
+) -> Status | None:
     batch = await store.claim_finalization(batch_id, owner, time.time(), lease)
     if batch is None:
         return None  # not ready, or another worker has it
@@ -59,18 +60,25 @@ async def finalize(store: Store, blobs: BlobStore, batch_id: str, owner: str,
     unrun = _UNRUN.get(end)
     files = await _write_files(store, blobs, batch, unrun)
     code, message = unrun if unrun else (None, None)
-    if not await store.finish_finalization(batch_id, owner, end, files, code, message,
-                                           int(time.time())):
-        logger.warning("batch %s: finalisation lost its lease; another worker finishes it",
-                       batch_id)
+    if not await store.finish_finalization(
+        batch_id, owner, end, files, code, message, int(time.time())
+    ):
+        logger.warning(
+            "batch %s: finalisation lost its lease; another worker finishes it", batch_id
+        )
         return None
-    logger.info("batch %s %s", batch_id, end.value,
-                extra={"action": "batch_status", "batch_id": batch_id, "status": end.value})
+    logger.info(
+        "batch %s %s",
+        batch_id,
+        end.value,
+        extra={"action": "batch_status", "batch_id": batch_id, "status": end.value},
+    )
     return end
 
 
-async def _write_files(store: Store, blobs: BlobStore, batch: BatchRecord,
-                       unrun: tuple[str, str] | None) -> list[FileRecord]:  # fmt: skip
+async def _write_files(
+    store: Store, blobs: BlobStore, batch: BatchRecord, unrun: tuple[str, str] | None
+) -> list[FileRecord]:
     out_key, err_key = f"results/{batch.id}/output", f"results/{batch.id}/errors"
     async with AsyncExitStack() as stack:
         out = _Buffered(await stack.enter_async_context(blobs.writer(out_key)))
@@ -94,8 +102,9 @@ async def _write_files(store: Store, blobs: BlobStore, batch: BatchRecord,
     return files
 
 
-def _file_record(batch: BatchRecord, file_id: str, key: str, kind: str, size: int,
-                 now: int) -> FileRecord:  # fmt: skip
+def _file_record(
+    batch: BatchRecord, file_id: str, key: str, kind: str, size: int, now: int
+) -> FileRecord:
     keep = batch.output_expires_after or _RETENTION
     return FileRecord(
         id=file_id,

@@ -32,8 +32,14 @@ def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
     parsed = _parse(reply.body)
     if 200 <= reply.status < 300:
         if not isinstance(parsed, dict):
-            return _retry_or_fail(claim, attempts, policy, None, "upstream_invalid_response",
-                                  "The backend answered with a body that is not a JSON object.")
+            return _retry_or_fail(
+                claim,
+                attempts,
+                policy,
+                None,
+                "upstream_invalid_response",
+                "The backend answered with a body that is not a JSON object.",
+            )
         return _succeeded(claim, attempts, reply, parsed)
     if _retryable(reply.status) and attempts < policy.max_attempts:
         wait = max(policy.delay(attempts), reply.retry_after or 0.0)
@@ -42,26 +48,41 @@ def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
 
 
 def from_unreachable(claim: Claim, exc: Unreachable, policy: RetryPolicy) -> Outcome:
-    return _retry_or_fail(claim, claim.attempts + 1, policy, None, exc.code or
-                          "upstream_unavailable", exc.message)
+    return _retry_or_fail(
+        claim, claim.attempts + 1, policy, None, exc.code or "upstream_unavailable", exc.message
+    )
 
 
 def _retryable(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def _retry_or_fail(claim: Claim, attempts: int, policy: RetryPolicy, status: int | None,
-                   code: str, message: str) -> Outcome:
+def _retry_or_fail(
+    claim: Claim, attempts: int, policy: RetryPolicy, status: int | None, code: str, message: str
+) -> Outcome:
     if attempts < policy.max_attempts:
         return _retry(claim, attempts, policy.delay(attempts))
-    return Outcome(claim.batch_id, claim.line, claim.epoch, FAILED, attempts=attempts,
-                   status_code=status, error_code=code,
-                   error_message=f"{message} (after {attempts} attempts)")
+    return Outcome(
+        claim.batch_id,
+        claim.line,
+        claim.epoch,
+        FAILED,
+        attempts=attempts,
+        status_code=status,
+        error_code=code,
+        error_message=f"{message} (after {attempts} attempts)",
+    )
 
 
 def _retry(claim: Claim, attempts: int, wait: float) -> Outcome:
-    return Outcome(claim.batch_id, claim.line, claim.epoch, RETRY, attempts=attempts,
-                   not_before=time.time() + wait)
+    return Outcome(
+        claim.batch_id,
+        claim.line,
+        claim.epoch,
+        RETRY,
+        attempts=attempts,
+        not_before=time.time() + wait,
+    )
 
 
 def _succeeded(claim: Claim, attempts: int, reply: Reply, body: dict[str, Any]) -> Outcome:
@@ -70,19 +91,24 @@ def _succeeded(claim: Claim, attempts: int, reply: Reply, body: dict[str, Any]) 
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     details_in = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    details_out = (usage.get("completion_tokens_details")
-                   or usage.get("output_tokens_details") or {})
+    details_out = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
     return Outcome(
-        claim.batch_id, claim.line, claim.epoch, SUCCEEDED, attempts=attempts,
-        status_code=reply.status, request_id=reply.request_id or _str(body.get("id")),
+        claim.batch_id,
+        claim.line,
+        claim.epoch,
+        SUCCEEDED,
+        attempts=attempts,
+        status_code=reply.status,
+        request_id=reply.request_id or _str(body.get("id")),
         # Re-serialised compactly: a pretty-printed body would break the JSONL result file.
         body=orjson.dumps(body),
-        input_tokens=prompt, output_tokens=completion,
-        cached_tokens=_int(details_in.get("cached_tokens") if isinstance(details_in, dict)
-                           else 0),
-        reasoning_tokens=_int(details_out.get("reasoning_tokens")
-                              if isinstance(details_out, dict) else 0),
-    )  # fmt: skip
+        input_tokens=prompt,
+        output_tokens=completion,
+        cached_tokens=_int(details_in.get("cached_tokens") if isinstance(details_in, dict) else 0),
+        reasoning_tokens=_int(
+            details_out.get("reasoning_tokens") if isinstance(details_out, dict) else 0
+        ),
+    )
 
 
 def _http_failure(claim: Claim, attempts: int, reply: Reply, parsed: Any) -> Outcome:
@@ -94,9 +120,18 @@ def _http_failure(claim: Claim, attempts: int, reply: Reply, parsed: Any) -> Out
         code, message = f"http_{reply.status}", f"The backend answered HTTP {reply.status}."
     # The body is kept only if it is JSON; a raw HTML error page would break the JSONL line.
     body = orjson.dumps(parsed) if parsed is not None else None
-    return Outcome(claim.batch_id, claim.line, claim.epoch, FAILED, attempts=attempts,
-                   status_code=reply.status, request_id=reply.request_id, body=body,
-                   error_code=code, error_message=message)
+    return Outcome(
+        claim.batch_id,
+        claim.line,
+        claim.epoch,
+        FAILED,
+        attempts=attempts,
+        status_code=reply.status,
+        request_id=reply.request_id,
+        body=body,
+        error_code=code,
+        error_message=message,
+    )
 
 
 def _parse(body: bytes) -> Any:

@@ -14,14 +14,21 @@ import time
 from collections.abc import Callable
 
 from lowtide.domain.work import Outcome
+from lowtide.engine.events import wait_event
 from lowtide.store import Store
 
 logger = logging.getLogger(__name__)
 
 
 class ResultSink:
-    def __init__(self, store: Store, *, interval: float, max_batch: int,
-                 on_finished: Callable[[list[str]], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float,
+        max_batch: int,
+        on_finished: Callable[[list[str]], None],
+    ) -> None:
         self.store = store
         self.interval = interval
         self.max_batch = max_batch
@@ -41,11 +48,7 @@ class ResultSink:
 
     async def run(self) -> None:
         while not self._stopping:
-            try:
-                await asyncio.wait_for(self._full.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
-            self._full.clear()
+            await wait_event(self._full, self.interval)
             await self.flush()
 
     def stop(self) -> None:

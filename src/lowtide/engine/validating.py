@@ -15,9 +15,16 @@ from lowtide.store import Store
 logger = logging.getLogger(__name__)
 
 
-async def validate_batch(store: Store, blobs: BlobStore, batch: BatchRecord, owner: str, *,
-                         serves: Callable[[str], bool], limits: validation.Limits,
-                         pricing_of: Callable[[str], Pricing]) -> bool:  # fmt: skip
+async def validate_batch(
+    store: Store,
+    blobs: BlobStore,
+    batch: BatchRecord,
+    owner: str,
+    *,
+    serves: Callable[[str], bool],
+    limits: validation.Limits,
+    pricing_of: Callable[[str], Pricing],
+) -> bool:
     """Validate one claimed batch; True if it moved to in_progress."""
     started = time.monotonic()
     file = await store.get_file(batch.account, batch.input_file_id)
@@ -30,20 +37,27 @@ async def validate_batch(store: Store, blobs: BlobStore, batch: BatchRecord, own
         validator.feed(chunk)
     result = validator.finish()
     now = int(time.time())
-    logger.info("batch %s validated in %.2fs: %d requests, %d errors", batch.id,
-                time.monotonic() - started, len(result.requests), len(result.errors))
+    logger.info(
+        "batch %s validated in %.2fs: %d requests, %d errors",
+        batch.id,
+        time.monotonic() - started,
+        len(result.requests),
+        len(result.errors),
+    )
     if not result.ok or result.model is None:
         await store.fail_validation(batch.id, owner, [e.to_dict() for e in result.errors], now)
         return False
-    return await store.finish_validation(batch.id, owner, result.requests, result.model,
-                                         pricing_of(result.model), now)
+    return await store.finish_validation(
+        batch.id, owner, result.requests, result.model, pricing_of(result.model), now
+    )
 
 
 def _file_problem(batch: BatchRecord, purpose: str | None) -> JsonDict:
     """The error of section 13 point 4 when the input file is missing or not for batches."""
     if purpose is None:
-        message = (f"Cannot find file {batch.input_file_id}, or it is not accessible to this "
-                   "account.")
+        message = (
+            f"Cannot find file {batch.input_file_id}, or it is not accessible to this account."
+        )
     else:
         message = f"File {batch.input_file_id} does not have purpose 'batch'."
     return {"code": "invalid_request", "message": message, "param": "input_file_id", "line": None}

@@ -21,8 +21,14 @@ RETENTION_SECONDS = 30 * 86400
 _WINDOW_RE = re.compile(r"^([1-9][0-9]{0,3})([hd])$")
 _WINDOW_RANGE = (24 * 3600, 336 * 3600)
 _METADATA_LIMITS = {"ds_name": 100, "ds_description": 200}
-_TYPE_NAMES = {list: "an array", dict: "an object", int: "an integer", float: "a number",
-               bool: "a boolean", type(None): "null"}  # fmt: skip
+_TYPE_NAMES = {
+    list: "an array",
+    dict: "an object",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 class BatchService:
@@ -43,11 +49,16 @@ class BatchService:
         now = int(time.time())
         override = self.settings.testing.completion_window_seconds
         record = BatchRecord(
-            id=ids.new_batch_id(), account=account, endpoint=endpoint,
-            input_file_id=input_file_id, completion_window=window, created_at=now,
+            id=ids.new_batch_id(),
+            account=account,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            completion_window=window,
+            created_at=now,
             expires_at=now + int(override if override is not None else seconds),
-            metadata=metadata, output_expires_after=output_expiry,
-        )  # fmt: skip
+            metadata=metadata,
+            output_expires_after=output_expiry,
+        )
         record.pricing.discount = self.settings.billing.batch_discount
         record.pricing.currency = self.settings.billing.currency
         await self.store.create_batch(record)
@@ -59,11 +70,14 @@ class BatchService:
         if await self.store.count_live_batches(account, TEST_ENDPOINT) >= limit:
             raise errors.RateLimited(
                 f"At most {limit} test-model batches may run at once; wait for one to finish.",
-                retry_after=10, code="too_many_test_batches")
+                retry_after=10,
+                code="too_many_test_batches",
+            )
 
     async def get(self, account: str, batch_id: str) -> BatchRecord:
-        batch = await self.store.get_batch(account, batch_id) if ids.is_well_formed(batch_id) \
-            else None
+        batch = (
+            await self.store.get_batch(account, batch_id) if ids.is_well_formed(batch_id) else None
+        )
         if batch is None or batch.created_at < time.time() - RETENTION_SECONDS:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
         return batch
@@ -72,8 +86,9 @@ class BatchService:
         """One page of batches, and whether there are more."""
         limit = _int_in(query.get("limit"), "limit", 20, 1, 100)
         flt = self._filter(query)
-        found = await self.store.list_batches(account, flt, after=query.get("after"),
-                                              limit=limit + 1)
+        found = await self.store.list_batches(
+            account, flt, after=query.get("after"), limit=limit + 1
+        )
         return found[:limit], len(found) > limit
 
     def _filter(self, query: Mapping[str, str]) -> BatchFilter:
@@ -82,20 +97,24 @@ class BatchService:
         except ValueError:
             raise errors.InvalidValue(
                 f"Invalid value for 'status': '{query['status']}'. Supported values are: "
-                + ", ".join(f"'{s.value}'" for s in Status) + ".", param="status") from None
-        file_ids = tuple(p.strip() for p in query.get("input_file_ids", "").split(",")
-                         if p.strip())  # fmt: skip
+                + ", ".join(f"'{s.value}'" for s in Status)
+                + ".",
+                param="status",
+            ) from None
+        file_ids = tuple(p.strip() for p in query.get("input_file_ids", "").split(",") if p.strip())
         if len(file_ids) > 20:
-            raise errors.InvalidValue("At most 20 input_file_ids may be given.",
-                                      param="input_file_ids")
+            raise errors.InvalidValue(
+                "At most 20 input_file_ids may be given.", param="input_file_ids"
+            )
         tz = ZoneInfo(self.settings.server.timezone)
         return BatchFilter(
-            statuses=statuses, name_contains=query.get("ds_name") or None,
+            statuses=statuses,
+            name_contains=query.get("ds_name") or None,
             input_file_ids=file_ids,
             created_after=_timestamp(query.get("create_after"), "create_after", tz),
             created_before=_timestamp(query.get("create_before"), "create_before", tz),
             not_before=int(time.time()) - RETENTION_SECONDS,
-        )  # fmt: skip
+        )
 
     async def cancel(self, account: str, batch_id: str) -> BatchRecord:
         await self.get(account, batch_id)  # 404 for unknown, foreign or retired ids
@@ -112,21 +131,30 @@ class BatchService:
 
 def _endpoint(value: Any) -> str:
     if value is None:
-        raise errors.InvalidRequest("Missing required parameter: 'endpoint'.", param="endpoint",
-                                    code="missing_required_parameter")
+        raise errors.InvalidRequest(
+            "Missing required parameter: 'endpoint'.",
+            param="endpoint",
+            code="missing_required_parameter",
+        )
     if value not in ENDPOINTS:
         supported = ", ".join(f"'{e}'" for e in ENDPOINTS[:-1]) + f" and '{ENDPOINTS[-1]}'"
-        raise errors.InvalidValue(f"Invalid value: '{value}'. Supported values are: {supported}.",
-                                  param="endpoint")
+        raise errors.InvalidValue(
+            f"Invalid value: '{value}'. Supported values are: {supported}.", param="endpoint"
+        )
     return str(value)
 
 
 def _completion_window(value: Any) -> tuple[str, int]:
-    message = (f"Invalid value for 'completion_window': {value!r}. It must be a whole number "
-               "of hours or days from 24h (1d) to 336h (14d), such as '24h' or '7d'.")
+    message = (
+        f"Invalid value for 'completion_window': {value!r}. It must be a whole number "
+        "of hours or days from 24h (1d) to 336h (14d), such as '24h' or '7d'."
+    )
     if value is None:
-        raise errors.InvalidRequest("Missing required parameter: 'completion_window'.",
-                                    param="completion_window", code="missing_required_parameter")
+        raise errors.InvalidRequest(
+            "Missing required parameter: 'completion_window'.",
+            param="completion_window",
+            code="missing_required_parameter",
+        )
     match = _WINDOW_RE.match(value) if isinstance(value, str) else None
     if match is None:
         raise errors.InvalidValue(message, param="completion_window")
@@ -140,12 +168,14 @@ def _completion_window(value: Any) -> tuple[str, int]:
 def _required_str(params: Mapping[str, Any], key: str) -> str:
     value = params.get(key)
     if value is None:
-        raise errors.InvalidRequest(f"Missing required parameter: '{key}'.", param=key,
-                                    code="missing_required_parameter")
+        raise errors.InvalidRequest(
+            f"Missing required parameter: '{key}'.", param=key, code="missing_required_parameter"
+        )
     if not isinstance(value, str):
         raise errors.InvalidType(
             f"Invalid type for '{key}': expected a string, but got {_type_name(value)} instead.",
-            param=key)
+            param=key,
+        )
     return value
 
 
@@ -153,8 +183,11 @@ def _metadata(value: Any) -> dict[str, str] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise errors.InvalidType(f"Invalid type for 'metadata': expected an object, but got "
-                                 f"{_type_name(value)} instead.", param="metadata")
+        raise errors.InvalidType(
+            f"Invalid type for 'metadata': expected an object, but got "
+            f"{_type_name(value)} instead.",
+            param="metadata",
+        )
     if len(value) > 16:
         raise errors.InvalidValue("'metadata' may hold at most 16 pairs.", param="metadata")
     for key, item in value.items():
@@ -165,15 +198,17 @@ def _metadata(value: Any) -> dict[str, str] | None:
 def _check_metadata_pair(key: str, item: Any) -> None:
     param = f"metadata.{key}"
     if not isinstance(item, str):
-        raise errors.InvalidType(f"Invalid type for '{param}': expected a string, but got "
-                                 f"{_type_name(item)} instead.", param=param)
+        raise errors.InvalidType(
+            f"Invalid type for '{param}': expected a string, but got {_type_name(item)} instead.",
+            param=param,
+        )
     if len(key) > 64:
-        raise errors.InvalidValue("Metadata keys may be at most 64 characters long.",
-                                  param=param)
+        raise errors.InvalidValue("Metadata keys may be at most 64 characters long.", param=param)
     limit = _METADATA_LIMITS.get(key, 512)
     if len(item) > limit:
-        raise errors.InvalidValue(f"Invalid value for '{param}': at most {limit} characters.",
-                                  param=param)
+        raise errors.InvalidValue(
+            f"Invalid value for '{param}': at most {limit} characters.", param=param
+        )
 
 
 def _output_expires_after(value: Any) -> int | None:
@@ -181,10 +216,16 @@ def _output_expires_after(value: Any) -> int | None:
         return None
     seconds = value.get("seconds") if isinstance(value, dict) else None
     anchor = value.get("anchor") if isinstance(value, dict) else None
-    if anchor != "created_at" or not isinstance(seconds, int) or isinstance(seconds, bool) \
-            or not 3600 <= seconds <= 2_592_000:
-        raise errors.InvalidValue("'output_expires_after' must be {'anchor': 'created_at', "
-                                  "'seconds': 3600..2592000}.", param="output_expires_after")
+    if (
+        anchor != "created_at"
+        or not isinstance(seconds, int)
+        or isinstance(seconds, bool)
+        or not 3600 <= seconds <= 2_592_000
+    ):
+        raise errors.InvalidValue(
+            "'output_expires_after' must be {'anchor': 'created_at', 'seconds': 3600..2592000}.",
+            param="output_expires_after",
+        )
     return seconds
 
 
@@ -200,8 +241,7 @@ def _int_in(text: str | None, name: str, default: int, low: int, high: int) -> i
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise errors.InvalidValue(f"'{name}' must be an integer from {low} to {high}.",
-                                  param=name)
+        raise errors.InvalidValue(f"'{name}' must be an integer from {low} to {high}.", param=name)
     return value
 
 
@@ -211,6 +251,7 @@ def _timestamp(text: str | None, name: str, tz: ZoneInfo) -> int | None:
     try:
         moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=tz)
     except ValueError:
-        raise errors.InvalidValue(f"'{name}' must be a time as yyyyMMddHHmmss.",
-                                  param=name) from None
+        raise errors.InvalidValue(
+            f"'{name}' must be a time as yyyyMMddHHmmss.", param=name
+        ) from None
     return int(moment.timestamp())

@@ -47,9 +47,16 @@ class FileService:
             purpose, filename, expires = self._check_fields(upload, utf8)
             size = writer.size
         now = int(time.time())
-        record = FileRecord(id=file_id, account=account, purpose=purpose, filename=filename,
-                            bytes=size, created_at=now, blob_key=key,
-                            expires_at=now + expires if expires else None)  # fmt: skip
+        record = FileRecord(
+            id=file_id,
+            account=account,
+            purpose=purpose,
+            filename=filename,
+            bytes=size,
+            created_at=now,
+            blob_key=key,
+            expires_at=now + expires if expires else None,
+        )
         try:
             await self.store.create_file(record)
         except BaseException:
@@ -62,46 +69,61 @@ class FileService:
 
     def _check_fields(self, upload: Upload, utf8: bool) -> tuple[str, str, int | None]:
         if not upload.has_file:
-            raise errors.InvalidRequest("Missing required parameter: 'file'.", param="file",
-                                        code="missing_required_parameter")
+            raise errors.InvalidRequest(
+                "Missing required parameter: 'file'.",
+                param="file",
+                code="missing_required_parameter",
+            )
         purpose = upload.fields.get("purpose")
         if not purpose:
-            raise errors.InvalidRequest("Missing required parameter: 'purpose'.",
-                                        param="purpose", code="missing_required_parameter")
+            raise errors.InvalidRequest(
+                "Missing required parameter: 'purpose'.",
+                param="purpose",
+                code="missing_required_parameter",
+            )
         if purpose not in UPLOAD_PURPOSES:
             raise errors.InvalidValue(
                 f"Invalid value: '{purpose}'. Supported values are: "
-                + ", ".join(f"'{p}'" for p in sorted(UPLOAD_PURPOSES)) + ".", param="purpose")
+                + ", ".join(f"'{p}'" for p in sorted(UPLOAD_PURPOSES))
+                + ".",
+                param="purpose",
+            )
         if purpose == "batch" and not utf8:
-            raise errors.InvalidRequest("Invalid file for Batch API. Must be utf-8 encoded",
-                                        param="file")
+            raise errors.InvalidRequest(
+                "Invalid file for Batch API. Must be utf-8 encoded", param="file"
+            )
         return purpose, _clean_filename(upload.filename), _expiry(upload.fields)
 
     async def get(self, account: str, file_id: str) -> FileRecord:
-        record = await self.store.get_file(account, file_id) if ids.is_well_formed(file_id) \
-            else None
+        record = (
+            await self.store.get_file(account, file_id) if ids.is_well_formed(file_id) else None
+        )
         if record is None:
             raise errors.NotFound(f"No such File object: {file_id}", param="id")
         return record
 
-    async def list(self, account: str, *, purpose: str | None, after: str | None, limit: int,
-                   order: str) -> tuple[list[FileRecord], bool]:  # fmt: skip
+    async def list(
+        self, account: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> tuple[list[FileRecord], bool]:
         """One page of files, and whether there are more."""
         if order not in ("asc", "desc"):
-            raise errors.InvalidValue("Invalid value for 'order': expected 'asc' or 'desc'.",
-                                      param="order")
+            raise errors.InvalidValue(
+                "Invalid value for 'order': expected 'asc' or 'desc'.", param="order"
+            )
         if not 1 <= limit <= 10_000:
             raise errors.InvalidValue("'limit' must be between 1 and 10000.", param="limit")
-        found = await self.store.list_files(account, purpose=purpose, after=after,
-                                            limit=limit + 1, order=order)
+        found = await self.store.list_files(
+            account, purpose=purpose, after=after, limit=limit + 1, order=order
+        )
         return found[:limit], len(found) > limit
 
     async def content(self, account: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
         record = await self.get(account, file_id)
         # Open the stream now so that a missing blob is an error before any byte is sent.
         if not await self.blobs.exists(record.blob_key):
-            raise errors.NotFound(f"The content of file {file_id} is no longer available.",
-                                  param="id")
+            raise errors.NotFound(
+                f"The content of file {file_id} is no longer available.", param="id"
+            )
         return record, self.blobs.stream(record.blob_key)
 
     async def delete(self, account: str, file_id: str) -> FileRecord:
@@ -123,16 +145,18 @@ class FileService:
         return bool(found)
 
 
-async def _copy_checked(chunks: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]],
-                        max_bytes: int) -> bool:  # fmt: skip
+async def _copy_checked(
+    chunks: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]], max_bytes: int
+) -> bool:
     """Copy the upload to storage, refusing it past ``max_bytes``; True if it is UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     utf8, size = True, 0
     async for chunk in chunks:
         size += len(chunk)
         if size > max_bytes:
-            raise errors.PayloadTooLarge(f"The file exceeds the maximum size of {max_bytes} bytes.",
-                                         param="file")
+            raise errors.PayloadTooLarge(
+                f"The file exceeds the maximum size of {max_bytes} bytes.", param="file"
+            )
         if utf8:
             try:
                 decoder.decode(chunk)
@@ -160,14 +184,17 @@ def _expiry(fields: dict[str, str]) -> int | None:
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
-        raise errors.InvalidValue("expires_after[anchor] must be 'created_at'.",
-                                  param="expires_after.anchor")
+        raise errors.InvalidValue(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor"
+        )
     try:
         value = int(seconds or "")
     except ValueError:
         value = -1
     low, high = _EXPIRY_RANGE
     if not low <= value <= high:
-        raise errors.InvalidValue(f"expires_after[seconds] must be between {low} and {high}.",
-                                  param="expires_after.seconds")
+        raise errors.InvalidValue(
+            f"expires_after[seconds] must be between {low} and {high}.",
+            param="expires_after.seconds",
+        )
     return value

@@ -15,9 +15,14 @@ from lowtide.domain.status import TIMESTAMP_OF, Status
 from lowtide.domain.work import SUCCEEDED, Outcome, RequestState, ResultRow
 
 _BATCH_TIMES = (
-    "in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
-    "cancelling_at", "cancelled_at",
-)  # fmt: skip
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
 
 
 def input_blob_key(file_id: str) -> str:
@@ -25,8 +30,17 @@ def input_blob_key(file_id: str) -> str:
 
 
 def file_params(r: FileRecord) -> tuple[Any, ...]:
-    return (r.id, r.account, r.purpose, r.filename, r.bytes, r.created_at, r.expires_at,
-            r.status, r.blob_key)  # fmt: skip
+    return (
+        r.id,
+        r.account,
+        r.purpose,
+        r.filename,
+        r.bytes,
+        r.created_at,
+        r.expires_at,
+        r.status,
+        r.blob_key,
+    )
 
 
 def file_from_row(row: Mapping[str, Any]) -> FileRecord:
@@ -47,20 +61,34 @@ def batch_params(r: BatchRecord) -> dict[str, Any]:
     metadata = orjson.dumps(r.metadata).decode() if r.metadata is not None else None
     name = (r.metadata or {}).get("ds_name")
     params: dict[str, Any] = {
-        "id": r.id, "account": r.account, "endpoint": r.endpoint,
-        "input_file_id": r.input_file_id, "completion_window": r.completion_window,
-        "status": r.status.value, "end_status": r.end_status.value if r.end_status else None,
-        "model": r.model, "metadata": metadata, "name_lower": name.lower() if name else None,
-        "created_at": r.created_at, "expires_at": r.expires_at,
-        "output_file_id": r.output_file_id, "error_file_id": r.error_file_id,
+        "id": r.id,
+        "account": r.account,
+        "endpoint": r.endpoint,
+        "input_file_id": r.input_file_id,
+        "completion_window": r.completion_window,
+        "status": r.status.value,
+        "end_status": r.end_status.value if r.end_status else None,
+        "model": r.model,
+        "metadata": metadata,
+        "name_lower": name.lower() if name else None,
+        "created_at": r.created_at,
+        "expires_at": r.expires_at,
+        "output_file_id": r.output_file_id,
+        "error_file_id": r.error_file_id,
         "errors": orjson.dumps(r.errors).decode() if r.errors is not None else None,
-        "total": r.total, "completed": r.completed, "failed": r.failed,
-        "input_tokens": r.usage.input_tokens, "cached_tokens": r.usage.cached_tokens,
-        "output_tokens": r.usage.output_tokens, "reasoning_tokens": r.usage.reasoning_tokens,
-        "input_price": r.pricing.input_price, "output_price": r.pricing.output_price,
-        "discount": r.pricing.discount, "currency": r.pricing.currency,
+        "total": r.total,
+        "completed": r.completed,
+        "failed": r.failed,
+        "input_tokens": r.usage.input_tokens,
+        "cached_tokens": r.usage.cached_tokens,
+        "output_tokens": r.usage.output_tokens,
+        "reasoning_tokens": r.usage.reasoning_tokens,
+        "input_price": r.pricing.input_price,
+        "output_price": r.pricing.output_price,
+        "discount": r.pricing.discount,
+        "currency": r.pricing.currency,
         "output_expires_after": r.output_expires_after,
-    }  # fmt: skip
+    }
     params.update({name: getattr(r, name) for name in _BATCH_TIMES})
     return params
 
@@ -84,10 +112,10 @@ def batch_from_row(row: Mapping[str, Any]) -> BatchRecord:
         total=row["total"],
         completed=row["completed"],
         failed=row["failed"],
-        usage=Usage(row["input_tokens"], row["cached_tokens"], row["output_tokens"],
-                    row["reasoning_tokens"]),  # fmt: skip
-        pricing=Pricing(row["input_price"], row["output_price"], row["discount"],
-                        row["currency"]),  # fmt: skip
+        usage=Usage(
+            row["input_tokens"], row["cached_tokens"], row["output_tokens"], row["reasoning_tokens"]
+        ),
+        pricing=Pricing(row["input_price"], row["output_price"], row["discount"], row["currency"]),
         output_expires_after=row["output_expires_after"],
         **{name: row[name] for name in _BATCH_TIMES},
     )
@@ -147,8 +175,14 @@ class BatchDelta:
             self.failed += 1
 
     def params(self) -> tuple[int, ...]:
-        return (self.completed, self.failed, self.input_tokens, self.cached_tokens,
-                self.output_tokens, self.reasoning_tokens)  # fmt: skip
+        return (
+            self.completed,
+            self.failed,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+        )
 
 
 DELTA_SQL = (
@@ -165,9 +199,7 @@ def result_chunk(c: sqlite3.Connection, batch_id: str, after_line: int) -> list[
         " FROM requests WHERE batch_id = ? AND line > ? ORDER BY line LIMIT 2000",
         (batch_id, after_line),
     ).fetchall()
-    return [
-        ResultRow(r[0], r[1], RequestState(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in result
-    ]
+    return [ResultRow(r[0], r[1], RequestState(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in result]
 
 
 def result_file_ids(files: Sequence[FileRecord]) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ SQLite mode is one process: a second process on the same file is not supported (
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -276,8 +277,17 @@ class SQLiteStore:
                 " total = ?, input_price = ?, output_price = ?, discount = ?, currency = ?,"
                 " lease_owner = NULL, lease_until = 0"
                 " WHERE id = ? AND lease_owner = ? AND status = 'validating'",
-                (now, model, len(requests), pricing.input_price, pricing.output_price,
-                 pricing.discount, pricing.currency, batch_id, owner),
+                (
+                    now,
+                    model,
+                    len(requests),
+                    pricing.input_price,
+                    pricing.output_price,
+                    pricing.discount,
+                    pricing.currency,
+                    batch_id,
+                    owner,
+                ),
             ).rowcount
             if not moved:
                 _drop_batch_lease(c, batch_id, owner)
@@ -455,7 +465,9 @@ class SQLiteStore:
     async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
         last = 0
         while True:
-            chunk = await self._read(lambda c, after=last: rows.result_chunk(c, batch_id, after))
+            chunk = await self._read(
+                functools.partial(rows.result_chunk, batch_id=batch_id, after_line=last)
+            )
             if not chunk:
                 return
             yield chunk
@@ -472,9 +484,7 @@ class SQLiteStore:
         now: int,
     ) -> bool:
         def finish(c: sqlite3.Connection) -> bool:
-            row = c.execute(
-                "SELECT lease_owner FROM batches WHERE id = ?", (batch_id,)
-            ).fetchone()
+            row = c.execute("SELECT lease_owner FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is None or row[0] != owner:
                 return False  # another worker took the batch over: its result stands
             unrun = c.execute(
@@ -528,8 +538,15 @@ def _apply_outcome(c: sqlite3.Connection, o: Outcome) -> bool:
         "UPDATE requests SET state = ?, lease_owner = NULL, attempts = ?, status_code = ?,"
         " request_id = ?, body = ?, error_code = ?, error_message = ?"
     )
-    params = (int(state), o.attempts, o.status_code, o.request_id, o.body, o.error_code,
-              o.error_message)
+    params = (
+        int(state),
+        o.attempts,
+        o.status_code,
+        o.request_id,
+        o.body,
+        o.error_code,
+        o.error_message,
+    )
     return bool(c.execute(sql + fence, (*params, *key)).rowcount)
 
 

@@ -1,0 +1,179 @@
+"""Start the real processes on loopback: a fake upstream and ``lowtide serve``.
+
+Shared by the acceptance tests, the benchmarks and the chaos script, so that all of them
+drive the same thing a user runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_json(url: str, body: Any = None, *, timeout: float = 10.0) -> Any:
+    """A tiny loopback JSON client for control routes (no SDK needed)."""
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST" if data else "GET",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return orjson.loads(resp.read())
+
+
+class Upstream:
+    """The fake OpenAI-compatible server (``lowtide.testing.upstream``) as a process."""
+
+    def __init__(self, *args: str, log: Path | None = None) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "lowtide.testing.upstream",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            *args,
+        ]
+        stderr = log.open("ab") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line.startswith("LISTENING "):
+            self.proc.kill()
+            raise RuntimeError(f"fake upstream did not start: {line!r}")
+        self.url = line.removeprefix("LISTENING ").rstrip("/")
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def stats(self, per_key: bool = False) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], http_json(self.url + "/_fake/stats" + ("?per_key=1" if per_key else ""))
+        )
+
+    def configure(self, **changes: Any) -> None:
+        http_json(self.url + "/_fake/config", changes)
+
+    def reset(self) -> None:
+        http_json(self.url + "/_fake/reset", {})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Lowtide:
+    """``lowtide serve`` as a process, with a config file written from a TOML string."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        *,
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config_path = workdir / "lowtide.toml"
+        self.config_path.write_text(config)
+        self.log_path = workdir / "lowtide.log"
+        self.env = {**os.environ, "LOWTIDE_TESTING": "1", **(env or {})}
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 20.0) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "lowtide",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.workdir / "data"),
+            *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lowtide exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                http_json(self.url + "/ready", timeout=1.0)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"lowtide did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM, and wait for the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash that durability is about."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
