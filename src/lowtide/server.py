@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class Server:
     router: Router
     engine: Engine | None = None
     app: FastAPI = field(init=False)
+    _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self.app = create_app(
@@ -63,6 +65,10 @@ class Server:
     def wake(self) -> None:
         if self.engine is not None:
             self.engine.wake()
+        # Engines in other processes (scale-out mode) hear of it through the store.
+        task = asyncio.get_running_loop().create_task(self.store.notify())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         await self.store.open()
@@ -80,8 +86,13 @@ class Server:
 
 
 def build_server(settings: Settings, *, with_engine: bool = True) -> Server:
-    store = open_store(settings.server.resolved_database_url())
+    """``lowtide serve`` (API and engine), or with ``with_engine=False`` the API alone."""
+    url = settings.server.resolved_database_url()
+    store = open_store(url)
     blobs = open_blobs(settings.server.resolved_storage_url())
     router = build_router(settings)
-    engine = Engine(settings, store, blobs, router) if with_engine else None
+    engine = None
+    if with_engine:
+        # A SQLite database belongs to one process; PostgreSQL is shared by a fleet.
+        engine = Engine(settings, store, blobs, router, exclusive=url.startswith("sqlite"))
     return Server(settings, store, blobs, router, engine)

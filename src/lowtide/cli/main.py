@@ -11,6 +11,7 @@ import click
 
 from lowtide import __version__, errors
 from lowtide.cli.convert import convert_group
+from lowtide.cli.worker import worker
 from lowtide.settings import load_settings
 
 
@@ -68,7 +69,7 @@ def serve(
         settings = load_settings(
             config_path, host=host, port=port, data_dir=data_dir, log_level=log_level
         )
-        _setup_logging(settings.server.log_level)
+        setup_logging(settings.server.log_level)
         check_exposure(settings)
         server = build_server(settings, with_engine=not api_only)
     except errors.ConfigError as exc:
@@ -97,7 +98,7 @@ def serve(
     uvicorn.Server(config).run()
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -106,6 +107,7 @@ def _setup_logging(level: str) -> None:
 
 
 cli.add_command(convert_group, name="convert")
+cli.add_command(worker)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from lowtide.blobs import BlobStore
 from lowtide.domain import validation
 from lowtide.domain.records import Pricing
 from lowtide.engine import outcomes
+from lowtide.engine.capacity import CapacityKeeper
 from lowtide.engine.dispatcher import Dispatcher
 from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
@@ -70,6 +71,17 @@ class Engine:
             policy=policy,
             poll_interval=conf.poll_interval,
         )
+        self.capacity = (
+            None
+            if exclusive
+            else CapacityKeeper(
+                store,
+                router,
+                [b.name for b in settings.backends],
+                owner=self.owner,
+                lease=self.lease,
+            )
+        )
         self._validate_wake = asyncio.Event()
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -85,6 +97,10 @@ class Engine:
             released = await self.store.release_leases(None)
             if released:
                 logger.info("released %d requests leased by a previous run", released)
+        await self.store.subscribe(self.wake)
+        if self.capacity is not None:
+            self.capacity.start_empty()
+            self._spawn("capacity", self.capacity.run)
         self._spawn("dispatch", self.dispatcher.run)
         self._spawn("commit", self.sink.run)
         self._spawn("validation", self._validation_loop)
@@ -118,6 +134,9 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sink.flush()
+        if self.capacity is not None:
+            self.capacity.stop()
+            await self.capacity.release_all()
         released = await self.store.release_leases(self.owner)
         logger.info("engine stopped; %d requests released for the next run", released)
 

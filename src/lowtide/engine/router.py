@@ -14,11 +14,19 @@ class Slot:
     backend: Backend
     in_flight: int = 0
     paused_until: float = 0.0
+    #: Slots this process holds of the backend's fleet-wide ceiling; None when it is alone.
+    granted: int | None = None
+    #: A dispatcher found no free capacity here since the capacity keeper last looked.
+    starved: bool = False
+
+    def capacity(self) -> int:
+        ceiling = self.backend.max_concurrency
+        return ceiling if self.granted is None else min(self.granted, ceiling)
 
     def free(self, now: float) -> int:
         if now < self.paused_until:
             return 0
-        return max(0, self.backend.max_concurrency - self.in_flight)
+        return max(0, self.capacity() - self.in_flight)
 
 
 class Router:
@@ -35,7 +43,12 @@ class Router:
 
     def free(self, model: str) -> int:
         now = time.monotonic()
-        return sum(slot.free(now) for slot in self._by_model.get(model, ()))
+        slots = self._by_model.get(model, ())
+        total = sum(slot.free(now) for slot in slots)
+        if total == 0:
+            for slot in slots:
+                slot.starved = True
+        return total
 
     def acquire(self, model: str) -> Slot | None:
         now = time.monotonic()
@@ -58,6 +71,9 @@ class Router:
         now = time.monotonic()
         waits = [s.paused_until - now for s in self._slots.values() if s.paused_until > now]
         return min(waits) if waits else None
+
+    def slot(self, backend_name: str) -> Slot:
+        return self._slots[backend_name]
 
     def backends(self) -> list[Backend]:
         return [slot.backend for slot in self._slots.values()]

@@ -7,7 +7,7 @@ lease was taken over can never overwrite the newer owner's result (design invari
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
@@ -23,6 +23,12 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
+
+    async def notify(self) -> None:
+        """Tell engines in other processes that a batch was created or cancelled."""
+
+    async def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever another process notifies (no-op for a one-process store)."""
 
     # --- files -------------------------------------------------------------------------------
 
@@ -101,6 +107,15 @@ class Store(Protocol):
 
     async def next_retry_at(self) -> float | None:
         """The earliest ``not_before`` of a pending request waiting for a retry."""
+
+    async def acquire_slots(
+        self, backend: str, owner: str, want: int, limit: int, now: float, lease: float
+    ) -> int:
+        """Hold up to ``want`` of the ``limit`` concurrency slots of a backend, fleet-wide.
+
+        Returns how many slots ``owner`` holds now (leased until ``now + lease``); slots held
+        beyond ``want`` are given back. This is how ``max_concurrency`` holds across workers.
+        """
 
     # --- engine: expiry, cancel, finalisation ------------------------------------------------
 

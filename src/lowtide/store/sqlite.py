@@ -122,6 +122,12 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
+    async def notify(self) -> None:
+        return None  # one process: the engine is woken directly
+
+    async def subscribe(self, callback: Callable[[], None]) -> None:
+        return None
+
     # --- files -------------------------------------------------------------------------------
 
     async def create_file(self, record: FileRecord) -> None:
@@ -414,6 +420,11 @@ class SQLiteStore:
             return float(value) if value is not None else None
 
         return await self._read(fetch)
+
+    async def acquire_slots(
+        self, backend: str, owner: str, want: int, limit: int, now: float, lease: float
+    ) -> int:
+        return min(want, limit)  # one process holds every slot
 
     # --- engine: expiry, cancel, finalisation ------------------------------------------------
 

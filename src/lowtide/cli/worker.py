@@ -1,0 +1,67 @@
+"""``lowtide worker``: an engine without the API, for the scale-out mode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from lowtide import errors
+from lowtide.settings import load_settings
+
+if TYPE_CHECKING:  # the server pulls in the whole stack: import it only when running
+    from lowtide.server import Server
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LOWTIDE_CONFIG",
+    help="TOML config file [env LOWTIDE_CONFIG].",
+)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def worker(config_path: Path | None, log_level: str | None) -> None:
+    """Run an engine (validation, dispatch, finalisation) without the API.
+
+    Any number of workers may run, on any machines, against one PostgreSQL database and one
+    S3-compatible store (see docs/deployment.md). SIGTERM drains in-flight requests and exits.
+
+    \b
+    Example:
+        lowtide worker --config fleet.toml
+    """
+    from lowtide.cli.main import setup_logging
+    from lowtide.server import build_server
+
+    try:
+        settings = load_settings(config_path, log_level=log_level)
+        setup_logging(settings.server.log_level)
+        server = build_server(settings, with_engine=True)
+    except errors.ConfigError as exc:
+        raise click.ClickException(exc.message) from exc
+    if server.engine is not None and server.engine.exclusive:
+        raise click.ClickException(
+            "lowtide worker needs a shared database (database_url = 'postgresql://...'); "
+            "with SQLite, run 'lowtide serve', which includes the engine"
+        )
+    asyncio.run(_run(server))
+
+
+async def _run(server: Server) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    logger.info("worker %s started", server.engine.owner if server.engine else "?")
+    await stop.wait()
+    logger.info("worker stopping: draining in-flight requests")
+    await server.stop()

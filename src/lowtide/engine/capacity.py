@@ -1,0 +1,71 @@
+"""Share each backend's ``max_concurrency`` across a fleet of workers.
+
+Why slots leased in the database rather than a static split (ceiling / number of workers):
+a static split wastes the share of idle or dead workers and needs every worker to agree on
+how many there are. Here each worker holds a number of slot leases (rows in the database)
+and uses only those; it asks for more while it has work it cannot start, and gives back what
+it does not use, so the whole ceiling flows to whoever has work. A worker that dies loses its
+slots when their lease runs out. The hot path never touches the database for this: a worker
+checks capacity in memory and renews its slots every ``interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from lowtide.engine.router import Router
+from lowtide.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class CapacityKeeper:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        backend_names: list[str],
+        *,
+        owner: str,
+        lease: float,
+        interval: float = 0.5,
+    ) -> None:
+        self.store, self.router, self.names = store, router, backend_names
+        self.owner, self.lease, self.interval = owner, lease, interval
+        self._stopping = False
+
+    def start_empty(self) -> None:
+        """Hold nothing until the database grants it."""
+        for name in self.names:
+            self.router.slot(name).granted = 0
+
+    async def run(self) -> None:
+        self.start_empty()
+        while not self._stopping:
+            await self.tick()
+            await asyncio.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def tick(self) -> None:
+        now = time.time()
+        for name in self.names:
+            slot = self.router.slot(name)
+            ceiling = slot.backend.max_concurrency
+            # Starved: ask for the whole ceiling (the database grants what is free).
+            # Otherwise keep what is in use and a little headroom, and give back the rest.
+            want = ceiling if slot.starved else min(ceiling, slot.in_flight + 1)
+            slot.starved = False
+            slot.granted = await self.store.acquire_slots(
+                name, self.owner, want, ceiling, now, self.lease
+            )
+
+    async def release_all(self) -> None:
+        for name in self.names:
+            slot = self.router.slot(name)
+            await self.store.acquire_slots(
+                name, self.owner, 0, slot.backend.max_concurrency, time.time(), self.lease
+            )
