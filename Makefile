@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	scripts/ensure-chromium
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -11,6 +11,7 @@ OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}`` in one
     ├── AuthenticationFailed          401 invalid_request_error, code=invalid_api_key
     ├── NotFound                      404 invalid_request_error
     ├── MethodNotAllowed              405
+    ├── QuotaExceeded                 403 code=quota_exceeded
     ├── Conflict                      409
     ├── PayloadTooLarge               413
     ├── UnsupportedMediaType          415
@@ -82,6 +83,14 @@ class MethodNotAllowed(LowtideError):
     error_type = "invalid_request_error"
 
 
+class QuotaExceeded(LowtideError):
+    """The account's storage quota is used up."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "quota_exceeded"
+
+
 class Conflict(LowtideError):
     """The request conflicts with the current state of the resource."""
 
@@ -118,9 +127,11 @@ class RateLimited(LowtideError):
         retry_after: float = 1.0,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class ConfigError(LowtideError):

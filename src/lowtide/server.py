@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from lowtide import errors
+from lowtide import errors, metrics
 from lowtide.api.app import create_app
 from lowtide.backends.base import Backend
 from lowtide.backends.openai_http import OpenAIHTTPBackend
@@ -16,6 +16,12 @@ from lowtide.backends.test_model import TEST_MODEL, TestModelBackend
 from lowtide.blobs import BlobStore, open_blobs
 from lowtide.engine.engine import Engine
 from lowtide.engine.router import Router
+from lowtide.service.ratelimit import (
+    WINDOW,
+    MemoryRateLimiter,
+    RateLimiter,
+    StoreRateLimiter,
+)
 from lowtide.settings import LOOPBACK_HOSTS, Settings
 from lowtide.store import Store, open_store
 
@@ -49,6 +55,8 @@ class Server:
     blobs: BlobStore
     router: Router
     engine: Engine | None = None
+    #: Rate-limit counters: in memory for one process, in the database for a fleet.
+    limiter: RateLimiter | None = None
     app: FastAPI = field(init=False)
     _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -60,7 +68,14 @@ class Server:
             wake=self.wake,
             on_startup=self.start,
             on_shutdown=self.stop,
+            refreshers=[self.refresh_backend_gauges],
+            limiter=self.limiter,
         )
+
+    async def refresh_backend_gauges(self) -> None:
+        for backend in self.router.backends():
+            slot = self.router.slot(backend.name)
+            metrics.CONCURRENCY_LIMIT.labels(backend.name).set(slot.capacity())
 
     def wake(self) -> None:
         if self.engine is not None:
@@ -89,10 +104,13 @@ def build_server(settings: Settings, *, with_engine: bool = True) -> Server:
     """``lowtide serve`` (API and engine), or with ``with_engine=False`` the API alone."""
     url = settings.server.resolved_database_url()
     store = open_store(url)
-    blobs = open_blobs(settings.server.resolved_storage_url())
+    blobs = open_blobs(settings.server.resolved_storage_url(), settings.s3)
     router = build_router(settings)
     engine = None
+    shared = not url.startswith("sqlite")
+    window = settings.testing.rate_limit_window_seconds or WINDOW
+    limiter = StoreRateLimiter(store, window) if shared else MemoryRateLimiter(window)
     if with_engine:
         # A SQLite database belongs to one process; PostgreSQL is shared by a fleet.
-        engine = Engine(settings, store, blobs, router, exclusive=url.startswith("sqlite"))
-    return Server(settings, store, blobs, router, engine)
+        engine = Engine(settings, store, blobs, router, exclusive=not shared)
+    return Server(settings, store, blobs, router, engine, limiter)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,6 +46,8 @@ class ServerSettings(_Strict):
 class ApiKeySettings(_Strict):
     key: str = Field(min_length=8)
     account: str = Field(default="default", min_length=1, max_length=64)
+    #: An operator's key: may also list and read every account's batches (read-only).
+    admin: bool = False
 
 
 class BackendSettings(_Strict):
@@ -105,11 +107,74 @@ class LimitSettings(_Strict):
     test_batches_per_account: int = Field(default=2, ge=1)
 
 
+class S3Settings(_Strict):
+    """An S3-compatible store for ``storage_url = "s3://bucket/prefix"``.
+
+    A key left unset falls back to the usual AWS environment variables (``AWS_ENDPOINT_URL``,
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``)
+    and the rest of boto3's credential chain (profiles, instance roles).
+    """
+
+    #: e.g. ``http://127.0.0.1:9000`` for MinIO; unset means AWS S3.
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = Field(default=None, repr=False)
+    #: ``path`` (bucket in the path; most self-hosted stores), ``virtual`` or ``auto``.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    #: Multipart part size in bytes: the memory one blob being written holds. S3 requires
+    #: at least 5 MiB and at most 5 GiB; a blob has at most 10,000 parts.
+    part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both s3.access_key_id and s3.secret_access_key, or neither")
+        return self
+
+
+class AccountLimits(_Strict):
+    """Quotas and API rate limits of an account (defaults: the hosted products' limits)."""
+
+    #: Files an account may keep (uploads and results).
+    max_files: int = Field(default=10_000, ge=1)
+    #: Bytes an account may keep.
+    max_bytes: int = Field(default=100 * 1024**3, ge=1)
+    #: Requests per minute, by route class.
+    create_per_minute: int = Field(default=1_000, ge=1)
+    retrieve_per_minute: int = Field(default=1_000, ge=1)
+    list_per_minute: int = Field(default=100, ge=1)
+    cancel_per_minute: int = Field(default=1_000, ge=1)
+    upload_per_minute: int = Field(default=180, ge=1)
+
+
+class AccountOverrides(_Strict):
+    """Per-account changes to ``[account_defaults]``; unset keys keep the default."""
+
+    max_files: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1)
+    create_per_minute: int | None = Field(default=None, ge=1)
+    retrieve_per_minute: int | None = Field(default=None, ge=1)
+    list_per_minute: int | None = Field(default=None, ge=1)
+    cancel_per_minute: int | None = Field(default=None, ge=1)
+    upload_per_minute: int | None = Field(default=None, ge=1)
+
+
+class CallbackSettings(_Strict):
+    #: Hosts that ``metadata.ds_batch_finish_callback`` may point at; none by default, so that
+    #: callbacks cannot be used to reach internal addresses.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: Seconds to wait for the callback's answer.
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class TestingSettings(_Strict):
     """Knobs that only tests may turn; refused outside ``LOWTIDE_TESTING=1``."""
 
     #: Overrides every batch's completion window, in seconds (to test expiry quickly).
     completion_window_seconds: float | None = None
+    #: Length of a rate-limit window in seconds instead of a minute (to test recovery).
+    rate_limit_window_seconds: float | None = Field(default=None, gt=0)
 
 
 class Settings(_Strict):
@@ -120,6 +185,10 @@ class Settings(_Strict):
     billing: BillingSettings = BillingSettings()
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
+    callbacks: CallbackSettings = CallbackSettings()
+    account_defaults: AccountLimits = AccountLimits()
+    accounts: dict[str, AccountOverrides] = Field(default_factory=dict)
+    s3: S3Settings = S3Settings()
     testing: TestingSettings = TestingSettings()
 
     @field_validator("backends")
@@ -141,6 +210,13 @@ class Settings(_Strict):
 
     def keys_required(self) -> bool:
         return bool(self.api_keys)
+
+    def limits_for(self, account: str) -> AccountLimits:
+        override = self.accounts.get(account)
+        if override is None:
+            return self.account_defaults
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.account_defaults.model_copy(update=changes)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 import lowtide
-from lowtide.api import batches, errors, files, health
+from lowtide.api import batches, errors, files, health, metrics, web
 from lowtide.api.auth import Authenticator
+from lowtide.api.middleware import RateLimitHeaders, RejectBodyOnReads
 from lowtide.blobs import BlobStore
 from lowtide.service.batches import BatchService
 from lowtide.service.files import FileService
+from lowtide.service.ratelimit import MemoryRateLimiter, RateLimiter
 from lowtide.settings import Settings
 from lowtide.store import Store
 
@@ -27,6 +29,8 @@ def create_app(
     wake: Callable[[], None],
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    refreshers: Sequence[Callable[[], Awaitable[None]]] = (),
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """Build the app; ``on_startup`` / ``on_shutdown`` open and close what the caller wired."""
 
@@ -52,11 +56,17 @@ def create_app(
     app.state.store = store
     app.state.blobs = blobs
     app.state.auth = Authenticator(settings)
+    app.state.limiter = limiter or MemoryRateLimiter()
+    app.add_middleware(RateLimitHeaders)
+    app.add_middleware(RejectBodyOnReads)
     app.state.files = FileService(settings, store, blobs)
     app.state.batches = BatchService(settings, store, wake)
+    app.state.metrics_refreshers = list(refreshers)
     errors.install(app)
     for prefix in PREFIXES:
         app.include_router(files.router, prefix=prefix)
         app.include_router(batches.router, prefix=prefix)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(web.router)
     return app

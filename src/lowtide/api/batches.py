@@ -8,12 +8,15 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 
 from lowtide import errors
-from lowtide.api.auth import account
+from lowtide.api.auth import Caller, limited
 from lowtide.api.responses import JSON, page
 from lowtide.service.batches import BatchService
 
 router = APIRouter(tags=["batches"])
-Account = Annotated[str, Depends(account)]
+Creator = Annotated[Caller, Depends(limited("create"))]
+Reader = Annotated[Caller, Depends(limited("retrieve"))]
+Lister = Annotated[Caller, Depends(limited("list"))]
+Canceller = Annotated[Caller, Depends(limited("cancel"))]
 _MAX_BODY = 1 << 20
 
 
@@ -39,22 +42,23 @@ async def _json_body(request: Request) -> Any:
 
 
 @router.post("/batches", summary="Create a batch")
-async def create_batch(request: Request, caller: Account) -> JSON:
-    batch = await _batches(request).create(caller, await _json_body(request))
+async def create_batch(request: Request, caller: Creator) -> JSON:
+    batch = await _batches(request).create(caller.account, await _json_body(request))
     return JSON(batch.to_api())
 
 
 @router.get("/batches", summary="List batches, newest first")
-async def list_batches(request: Request, caller: Account) -> JSON:
-    records, has_more = await _batches(request).list(caller, dict(request.query_params))
+async def list_batches(request: Request, caller: Lister) -> JSON:
+    query = dict(request.query_params)
+    records, has_more = await _batches(request).list(caller.read_scope(), query)
     return page([b.to_api() for b in records], has_more=has_more)
 
 
 @router.get("/batches/{batch_id}", summary="Retrieve a batch")
-async def retrieve_batch(request: Request, batch_id: str, caller: Account) -> JSON:
-    return JSON((await _batches(request).get(caller, batch_id)).to_api())
+async def retrieve_batch(request: Request, batch_id: str, caller: Reader) -> JSON:
+    return JSON((await _batches(request).get(caller.read_scope(), batch_id)).to_api())
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(request: Request, batch_id: str, caller: Account) -> JSON:
-    return JSON((await _batches(request).cancel(caller, batch_id)).to_api())
+async def cancel_batch(request: Request, batch_id: str, caller: Canceller) -> JSON:
+    return JSON((await _batches(request).cancel(caller.account, batch_id)).to_api())

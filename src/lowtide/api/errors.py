@@ -7,6 +7,7 @@ This module is the one place that renders it: our own ``LowtideError``s, the fra
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +42,7 @@ def envelope(
 def render(exc: errors.LowtideError) -> JSON:
     headers = None
     if isinstance(exc, errors.RateLimited):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if isinstance(exc, errors.AuthenticationFailed):
         headers = {"WWW-Authenticate": "Bearer"}
     return envelope(

@@ -7,13 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from lowtide.api.auth import account
+from lowtide.api.auth import Caller, limited
 from lowtide.api.responses import JSON, page
 from lowtide.api.upload import parse_upload
 from lowtide.service.files import FileService
 
 router = APIRouter(tags=["files"])
-Account = Annotated[str, Depends(account)]
+Uploader = Annotated[Caller, Depends(limited("upload"))]
+Reader = Annotated[Caller, Depends(limited("retrieve"))]
+Lister = Annotated[Caller, Depends(limited("list"))]
 
 
 def _files(request: Request) -> FileService:
@@ -22,31 +24,31 @@ def _files(request: Request) -> FileService:
 
 
 @router.post("/files", summary="Upload a file (multipart: file, purpose)")
-async def upload_file(request: Request, caller: Account) -> JSON:
+async def upload_file(request: Request, caller: Uploader) -> JSON:
     service = _files(request)
     upload = parse_upload(request, service.settings.limits.max_file_bytes)
-    record = await service.upload(caller, upload)
+    record = await service.upload(caller.account, upload)
     return JSON(record.to_api())
 
 
 @router.get("/files", summary="List files")
 async def list_files(
     request: Request,
-    caller: Account,
+    caller: Lister,
     purpose: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: str = "desc",
 ) -> JSON:
     records, has_more = await _files(request).list(
-        caller, purpose=purpose, after=after, limit=limit, order=order
+        caller.account, purpose=purpose, after=after, limit=limit, order=order
     )
     return page([r.to_api() for r in records], has_more=has_more)
 
 
 @router.get("/files/{file_id}", summary="Retrieve a file")
-async def retrieve_file(request: Request, file_id: str, caller: Account) -> JSON:
-    return JSON((await _files(request).get(caller, file_id)).to_api())
+async def retrieve_file(request: Request, file_id: str, caller: Reader) -> JSON:
+    return JSON((await _files(request).get(caller.account, file_id)).to_api())
 
 
 @router.get(
@@ -54,8 +56,8 @@ async def retrieve_file(request: Request, file_id: str, caller: Account) -> JSON
     summary="Download a file's content",
     response_class=StreamingResponse,
 )
-async def file_content(request: Request, file_id: str, caller: Account) -> StreamingResponse:
-    record, chunks = await _files(request).content(caller, file_id)
+async def file_content(request: Request, file_id: str, caller: Reader) -> StreamingResponse:
+    record, chunks = await _files(request).content(caller.account, file_id)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
@@ -67,6 +69,6 @@ async def file_content(request: Request, file_id: str, caller: Account) -> Strea
 
 
 @router.delete("/files/{file_id}", summary="Delete a file")
-async def delete_file(request: Request, file_id: str, caller: Account) -> JSON:
-    record = await _files(request).delete(caller, file_id)
+async def delete_file(request: Request, file_id: str, caller: Reader) -> JSON:
+    record = await _files(request).delete(caller.account, file_id)
     return JSON({"id": record.id, "object": "file", "deleted": True})

@@ -28,6 +28,8 @@ class MultipartUpload:
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.has_file = False
+        #: The closing boundary was seen: without it the body was cut short.
+        self.complete = False
         self.file_data: list[bytes] = []
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -45,7 +47,11 @@ class MultipartUpload:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
+
+    def _end(self) -> None:
+        self.complete = True
 
     def _part_begin(self) -> None:
         self._disposition, self._name, self._in_file = b"", None, False
@@ -123,6 +129,10 @@ async def _file_chunks(
         raise errors.InvalidRequest(f"The multipart body is malformed: {exc}.") from exc
     except ClientDisconnect as exc:
         raise errors.InvalidRequest("The client closed the connection during the upload.") from exc
+    if not parts.complete:
+        raise errors.InvalidRequest(
+            "The multipart body is truncated: its closing boundary is missing."
+        )
     if parts.file_data:
         yield b"".join(parts.file_data)
         parts.file_data = []

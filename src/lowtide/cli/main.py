@@ -10,8 +10,12 @@ from pathlib import Path
 import click
 
 from lowtide import __version__, errors
+from lowtide.cli.client import batch_group, files_group
 from lowtide.cli.convert import convert_group
+from lowtide.cli.db import db_group
+from lowtide.cli.run import run_command
 from lowtide.cli.worker import worker
+from lowtide.logs import setup_logging
 from lowtide.settings import load_settings
 
 
@@ -43,6 +47,13 @@ def cli() -> None:
 )
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines for people, or JSON for machines.",
+)
+@click.option(
     "--api-only",
     is_flag=True,
     help="Serve the API without running the engine (batches wait for a worker).",
@@ -53,6 +64,7 @@ def serve(
     port: int | None,
     data_dir: Path | None,
     log_level: str | None,
+    log_format: str,
     api_only: bool,
 ) -> None:
     """Run the API and the engine in one process.
@@ -69,7 +81,7 @@ def serve(
         settings = load_settings(
             config_path, host=host, port=port, data_dir=data_dir, log_level=log_level
         )
-        setup_logging(settings.server.log_level)
+        setup_logging(settings.server.log_level, log_format)
         check_exposure(settings)
         server = build_server(settings, with_engine=not api_only)
     except errors.ConfigError as exc:
@@ -98,15 +110,11 @@ def serve(
     uvicorn.Server(config).run()
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 cli.add_command(convert_group, name="convert")
+cli.add_command(db_group, name="db")
+cli.add_command(batch_group, name="batch")
+cli.add_command(files_group, name="files")
+cli.add_command(run_command, name="run")
 cli.add_command(worker)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lowtide import errors
+from lowtide.logs import setup_logging
 from lowtide.settings import load_settings
 
 if TYPE_CHECKING:  # the server pulls in the whole stack: import it only when running
@@ -28,7 +29,14 @@ logger = logging.getLogger(__name__)
     help="TOML config file [env LOWTIDE_CONFIG].",
 )
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
-def worker(config_path: Path | None, log_level: str | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines for people, or JSON for machines.",
+)
+def worker(config_path: Path | None, log_level: str | None, log_format: str) -> None:
     """Run an engine (validation, dispatch, finalisation) without the API.
 
     Any number of workers may run, on any machines, against one PostgreSQL database and one
@@ -38,12 +46,11 @@ def worker(config_path: Path | None, log_level: str | None) -> None:
     Example:
         lowtide worker --config fleet.toml
     """
-    from lowtide.cli.main import setup_logging
     from lowtide.server import build_server
 
     try:
         settings = load_settings(config_path, log_level=log_level)
-        setup_logging(settings.server.log_level)
+        setup_logging(settings.server.log_level, log_format)
         server = build_server(settings, with_engine=True)
     except errors.ConfigError as exc:
         raise click.ClickException(exc.message) from exc

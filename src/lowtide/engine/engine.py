@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from lowtide.backends.test_model import TEST_MODEL
@@ -22,6 +23,7 @@ from lowtide.blobs import BlobStore
 from lowtide.domain import validation
 from lowtide.domain.records import Pricing
 from lowtide.engine import outcomes
+from lowtide.engine.callbacks import send_callback
 from lowtide.engine.capacity import CapacityKeeper
 from lowtide.engine.dispatcher import Dispatcher
 from lowtide.engine.events import wait_event
@@ -86,6 +88,7 @@ class Engine:
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.started_at = 0.0
 
@@ -154,23 +157,37 @@ class Engine:
             if batch is None:
                 await wait_event(self._validate_wake, self.settings.engine.poll_interval)
                 continue
-            started = await validate_batch(
-                self.store,
-                self.blobs,
-                batch,
-                self.owner,
-                serves=self._serves,
-                limits=limits,
-                pricing_of=self._pricing,
-            )
-            if started:
-                self.dispatcher.wake()
+            async with self._holding(batch.id, "validation"):
+                started = await validate_batch(
+                    self.store,
+                    self.blobs,
+                    batch,
+                    self.owner,
+                    serves=self._serves,
+                    limits=limits,
+                    pricing_of=self._pricing,
+                )
+                if started:
+                    self.dispatcher.wake()
 
     async def _finalize_loop(self) -> None:
         while not self._stopping:
             batch_id = await self._finalize_queue.get()
             self._queued.discard(batch_id)
-            await finalize(self.store, self.blobs, batch_id, self.owner, self.lease)
+            async with self._holding(batch_id, "finalisation"):
+                if await finalize(self.store, self.blobs, batch_id, self.owner, self.lease):
+                    self._call_back(batch_id)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, batch_id: str, work: str) -> AsyncIterator[None]:
+        """On a failure (storage full or unreachable...), log it and give the batch's lease
+        back: our heartbeat would otherwise keep it leased, and stuck, for ever."""
+        try:
+            yield
+        except Exception:
+            logger.exception("batch %s: %s failed; will try again", batch_id, work)
+            await self.store.release_batch(batch_id, self.owner)
+            await asyncio.sleep(1.0)  # the cause (a full disk) rarely clears at once
 
     async def _upkeep_loop(self) -> None:
         last_beat = 0.0
@@ -184,6 +201,16 @@ class Engine:
             await self.store.reclaim_expired_leases(now)
             self._finalize_soon(await self.store.batches_to_finalize(now))
             await asyncio.sleep(min(1.0, self.settings.engine.poll_interval))
+
+    def _call_back(self, batch_id: str) -> None:
+        async def call() -> None:
+            batch = await self.store.get_batch(None, batch_id)
+            if batch is not None:
+                await send_callback(batch, self.settings.callbacks)
+
+        task = asyncio.create_task(call())
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
 
     def _finalize_soon(self, batch_ids: list[str]) -> None:
         for batch_id in batch_ids:

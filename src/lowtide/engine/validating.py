@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from lowtide import metrics
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
 from lowtide.domain.records import BatchRecord, JsonDict, Pricing
@@ -36,6 +37,7 @@ async def validate_batch(
     async for chunk in blobs.stream(file.blob_key):
         validator.feed(chunk)
     result = validator.finish()
+    metrics.VALIDATION_SECONDS.observe(time.monotonic() - started)
     now = int(time.time())
     logger.info(
         "batch %s validated in %.2fs: %d requests, %d errors",
@@ -45,7 +47,13 @@ async def validate_batch(
         len(result.errors),
     )
     if not result.ok or result.model is None:
-        await store.fail_validation(batch.id, owner, [e.to_dict() for e in result.errors], now)
+        if await store.fail_validation(batch.id, owner, [e.to_dict() for e in result.errors], now):
+            metrics.BATCHES_FINISHED.labels("failed").inc()
+            logger.info(
+                "batch %s failed validation",
+                batch.id,
+                extra={"action": "batch_status", "batch_id": batch.id, "status": "failed"},
+            )
         return False
     return await store.finish_validation(
         batch.id, owner, result.requests, result.model, pricing_of(result.model), now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -9,13 +10,15 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lowtide import errors
+from lowtide import errors, metrics
 from lowtide.domain import ids
 from lowtide.domain.records import BatchFilter, BatchRecord
 from lowtide.domain.status import TERMINAL, Status, parse_statuses
 from lowtide.domain.validation import ENDPOINTS, TEST_ENDPOINT
 from lowtide.settings import Settings
 from lowtide.store import Store
+
+logger = logging.getLogger(__name__)
 
 RETENTION_SECONDS = 30 * 86400
 _WINDOW_RE = re.compile(r"^([1-9][0-9]{0,3})([hd])$")
@@ -62,6 +65,12 @@ class BatchService:
         record.pricing.discount = self.settings.billing.batch_discount
         record.pricing.currency = self.settings.billing.currency
         await self.store.create_batch(record)
+        metrics.BATCHES_CREATED.inc()
+        logger.info(
+            "batch %s created",
+            record.id,
+            extra={"action": "batch_status", "batch_id": record.id, "status": "validating"},
+        )
         self.wake()
         return record
 
@@ -74,7 +83,8 @@ class BatchService:
                 code="too_many_test_batches",
             )
 
-    async def get(self, account: str, batch_id: str) -> BatchRecord:
+    async def get(self, account: str | None, batch_id: str) -> BatchRecord:
+        """A batch of ``account`` (of any account when None: operators)."""
         batch = (
             await self.store.get_batch(account, batch_id) if ids.is_well_formed(batch_id) else None
         )
@@ -82,7 +92,9 @@ class BatchService:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
         return batch
 
-    async def list(self, account: str, query: Mapping[str, str]) -> tuple[list[BatchRecord], bool]:
+    async def list(
+        self, account: str | None, query: Mapping[str, str]
+    ) -> tuple[list[BatchRecord], bool]:
         """One page of batches, and whether there are more."""
         limit = _int_in(query.get("limit"), "limit", 20, 1, 100)
         flt = self._filter(query)
@@ -125,6 +137,12 @@ class BatchService:
             raise errors.Conflict(f"Cannot cancel a batch with status '{batch.status.value}'.")
         if batch.status == Status.FINALIZING:
             raise errors.Conflict("Cannot cancel a batch with status 'finalizing'.")
+        logger.info(
+            "batch %s %s",
+            batch_id,
+            batch.status.value,
+            extra={"action": "batch_status", "batch_id": batch_id, "status": batch.status.value},
+        )
         self.wake()
         return batch
 

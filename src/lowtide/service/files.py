@@ -40,10 +40,11 @@ class FileService:
         self.settings, self.store, self.blobs = settings, store, blobs
 
     async def upload(self, account: str, upload: Upload) -> FileRecord:
+        room = await self._room(account)
         file_id = ids.new_input_file_id()
         key = rows.input_blob_key(file_id)
         async with self.blobs.writer(key) as writer:
-            utf8 = await _copy_checked(upload.chunks, writer.write, self._max_bytes())
+            utf8 = await _copy_checked(upload.chunks, writer.write, self._max_bytes(), room)
             purpose, filename, expires = self._check_fields(upload, utf8)
             size = writer.size
         now = int(time.time())
@@ -63,6 +64,22 @@ class FileService:
             await self.blobs.delete(key)
             raise
         return record
+
+    async def _room(self, account: str) -> int:
+        """Bytes the account may still store; refuses at once when its file count is full.
+
+        Two uploads running at the same time may both fit alone and overshoot together by
+        at most one file: quotas bound storage, they are not a billing ledger.
+        """
+        limits = self.settings.limits_for(account)
+        count, used = await self.store.file_usage(account)
+        if count >= limits.max_files:
+            raise errors.QuotaExceeded(
+                f"Upload file number exceed limit: the account keeps {count} files, "
+                f"the quota is {limits.max_files}. Delete files to make room.",
+                param="file",
+            )
+        return max(0, limits.max_bytes - used)
 
     def _max_bytes(self) -> int:
         return self.settings.limits.max_file_bytes
@@ -146,13 +163,23 @@ class FileService:
 
 
 async def _copy_checked(
-    chunks: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]], max_bytes: int
+    chunks: AsyncIterator[bytes],
+    write: Callable[[bytes], Awaitable[None]],
+    max_bytes: int,
+    room: int,
 ) -> bool:
-    """Copy the upload to storage, refusing it past ``max_bytes``; True if it is UTF-8."""
+    """Copy the upload to storage, refusing it past ``max_bytes`` or past the account's
+    ``room``; True if it is UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     utf8, size = True, 0
     async for chunk in chunks:
         size += len(chunk)
+        if size > room:
+            raise errors.QuotaExceeded(
+                "Upload file capacity exceed limit: this file does not fit in the account's "
+                f"storage quota ({room} bytes left). Delete files to make room.",
+                param="file",
+            )
         if size > max_bytes:
             raise errors.PayloadTooLarge(
                 f"The file exceeds the maximum size of {max_bytes} bytes.", param="file"

@@ -9,12 +9,19 @@ from lowtide.store.base import Store
 
 
 def open_store(url: str) -> Store:
-    """``sqlite:///relative/or/absolute/path.db``; PostgreSQL comes with the scale-out mode."""
+    """``sqlite:///relative/or/absolute/path.db`` (one process), or
+    ``postgresql://user@host:port/dbname`` (also ``postgres://``; shared by a fleet)."""
     if url.startswith("sqlite:///"):
         from lowtide.store.sqlite import SQLiteStore
 
         return SQLiteStore(Path(url.removeprefix("sqlite:///")))
-    raise errors.ConfigError(f"unsupported database_url {url!r}: use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from lowtide.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise errors.ConfigError(
+        f"unsupported database_url {url!r}: use sqlite:///PATH or postgresql://..."
+    )
 
 
 __all__ = ["Store", "open_store"]

@@ -130,6 +130,10 @@ class Store(Protocol):
     ) -> BatchRecord | None:
         """Lease the batch for finalisation; moves a finished in_progress batch to finalizing."""
 
+    async def release_batch(self, batch_id: str, owner: str) -> None:
+        """Give up the validation or finalisation lease of a batch (after a failure), so it
+        is tried again at once rather than when the lease would have run out."""
+
     def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
         """Every request of the batch in line order, in chunks."""
 
@@ -144,3 +148,8 @@ class Store(Protocol):
         now: int,
     ) -> bool:
         """Publish the result files and the terminal status in one transaction."""
+
+    # --- accounts ----------------------------------------------------------------------------
+
+    async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
+        """Count one request of ``key`` in the minute ``window``; return the window's count."""

@@ -473,6 +473,9 @@ class SQLiteStore:
 
         return await self._write(claim)
 
+    async def release_batch(self, batch_id: str, owner: str) -> None:
+        await self._write(lambda c: _drop_batch_lease(c, batch_id, owner))
+
     async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
         last = 0
         while True:
@@ -520,6 +523,20 @@ class SQLiteStore:
             return True
 
         return await self._write(finish)
+
+    # --- accounts ----------------------------------------------------------------------------
+
+    async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
+        def hit(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM rate_limits WHERE minute < ?", (window - 1,))
+            (count,) = c.execute(
+                "INSERT INTO rate_limits (key, minute, count) VALUES (?, ?, 1)"
+                " ON CONFLICT (key, minute) DO UPDATE SET count = count + 1 RETURNING count",
+                (key, window),
+            ).fetchone()
+            return int(count)
+
+        return await self._write(hit)
 
 
 def _fetch_batch(c: sqlite3.Connection, account: str | None, batch_id: str) -> BatchRecord | None:

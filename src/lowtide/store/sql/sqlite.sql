@@ -80,3 +80,10 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (batch_id, state, line);
 CREATE INDEX IF NOT EXISTS requests_leased ON requests (state, lease_until) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (state, not_before) WHERE state = 0 AND not_before > 0;
+
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key     TEXT NOT NULL,        -- account:route class
+    minute  INTEGER NOT NULL,     -- minute number since the epoch
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (key, minute)
+);

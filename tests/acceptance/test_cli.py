@@ -1,0 +1,395 @@
+"""The command line as a user drives it: ``lowtide ...`` subprocesses against a running server
+and the fake upstream, and ``lowtide run`` with no server (killed and resumed).
+
+One server and one upstream serve the client tests of this module (started once: each start
+costs a second); ``lowtide run`` gets an upstream of its own, since it turns the latency up.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lowtide.testing.harness import Lowtide, Upstream
+
+from .conftest import ALICE, MODEL, chat_line, config_toml, jsonl
+
+FAST_POLL = ("--poll-interval", "0.1")
+ANSI = "\x1b["
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def lowtide(
+    *args: str | Path, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lowtide", *map(str, args)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start(*args: str | Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lowtide", *map(str, args)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def base_env() -> dict[str, str]:
+    # The user's own OPENAI_* variables must not leak into what the tests talk to.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LOWTIDE_"))}
+    return {**env, "NO_COLOR": "1"}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def content_of(line: dict[str, Any]) -> str:
+    return str(line["response"]["body"]["choices"][0]["message"]["content"])
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_bytes(jsonl(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lowtide, Upstream]]:
+    root = tmp_path_factory.mktemp("cli-server")
+    upstream = Upstream("--seed", "7", log=root / "upstream.log")
+    server = Lowtide(root, config_toml(upstream))
+    try:
+        server.start()
+        yield server, upstream
+    finally:
+        server.stop()
+        upstream.stop()
+
+
+@pytest.fixture
+def env(live: tuple[Lowtide, Upstream]) -> dict[str, str]:
+    server, _ = live
+    # The server's root URL: the client adds /v1 itself.
+    return {**base_env(), "LOWTIDE_BASE_URL": server.url, "LOWTIDE_API_KEY": ALICE}
+
+
+# --------------------------------------------------------------------------- client commands
+
+
+def test_csv_round_trip_through_a_batch(env: dict[str, str], tmp_path: Path) -> None:
+    texts = [f"question {i}" for i in range(12)]
+    texts[3] = 'a "quoted", comma text'
+    texts[5] = "ünïcödé 文字"
+    texts[7] = "please FAIL400 this one"
+    rows = [[f"row-{i}", text] for i, text in enumerate(texts)]
+    with (tmp_path / "prompts.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+
+    converted = lowtide(
+        "convert", "csv-to-jsonl", "prompts.csv", "-o", "batch.jsonl", "--model", MODEL,
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    submitted = lowtide(
+        "batch", "submit", "batch.jsonl", "--wait", "-o", "output.jsonl",
+        "--errors", "errors.jsonl", "--name", "round-trip", *FAST_POLL,
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip()
+    assert batch_id.startswith("batch_")
+    # Piped, the progress is plain lines: no escape codes, no carriage returns.
+    assert ANSI not in submitted.stderr and "\r" not in submitted.stderr
+    assert f"{batch_id}: completed, 11 done, 1 failed, 12 total" in submitted.stderr
+    back = lowtide(
+        "convert", "jsonl-to-csv", "output.jsonl", "errors.jsonl", "--input", "batch.jsonl",
+        "-o", "results.csv",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert back.returncode == 0, back.stderr
+
+    with (tmp_path / "results.csv").open(newline="", encoding="utf-8") as handle:
+        results = list(csv.DictReader(handle))
+    assert [r["custom_id"] for r in results] == [row[0] for row in rows]
+    for result, text in zip(results, texts, strict=True):
+        if "FAIL400" in text:
+            assert result["status_code"] == "400" and result["error_code"]
+        else:
+            assert result["status_code"] == "200", result
+            assert result["content"] == "echo: " + text[:40]
+
+
+def test_get_list_download_and_json(env: dict[str, str], tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", [chat_line(f"g-{i}", f"get {i}") for i in range(3)])
+    submitted = lowtide(
+        "batch", "submit", "in.jsonl", "--name", "Nightly-Get", "--wait", "--json",
+        "-o", "waited.jsonl", *FAST_POLL,
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    got = json.loads(submitted.stdout)  # with --json, stdout is the finished batch only
+    batch_id = got["id"]
+    assert got["status"] == "completed"
+    assert got["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert got["metadata"]["ds_name"] == "Nightly-Get" and "cost" in got
+    assert len(read_jsonl(tmp_path / "waited.jsonl")) == 3
+    assert (tmp_path / "waited.errors.jsonl").read_text() == ""  # written, empty
+
+    text = lowtide("batch", "get", batch_id, env=env, cwd=tmp_path).stdout
+    assert "completed" in text and "3 done, 0 failed, 3 total" in text
+    listed = lowtide("batch", "list", "--name", "nightly-get", "--json", env=env, cwd=tmp_path)
+    assert [b["id"] for b in json.loads(listed.stdout)] == [batch_id]
+    recent = ("--status", "completed,expired", "--since", "1h")
+    table = lowtide("batch", "list", *recent, env=env, cwd=tmp_path)
+    assert table.returncode == 0 and batch_id in table.stdout and "Nightly-Get" in table.stdout
+
+    downloaded = lowtide("batch", "download", batch_id, env=env, cwd=tmp_path)
+    assert downloaded.returncode == 0, downloaded.stderr
+    outputs = read_jsonl(tmp_path / f"{batch_id}_output.jsonl")
+    assert [o["custom_id"] for o in outputs] == ["g-0", "g-1", "g-2"]
+    assert (tmp_path / f"{batch_id}_errors.jsonl").read_text() == ""
+
+
+def test_ctrl_c_then_cancel_wait_download_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
+    # SLOW lines take a second each upstream (16 at a time): a batch that runs for ~10 s.
+    lines = [chat_line(f"s-{i}", f"SLOW {i}") for i in range(160)]
+    write_lines(tmp_path / "slow.jsonl", lines)
+    batch_id = lowtide("batch", "submit", "slow.jsonl", env=env, cwd=tmp_path).stdout.strip()
+
+    waiting = start("batch", "wait", batch_id, *FAST_POLL, env=env, cwd=tmp_path)
+    assert waiting.stderr is not None
+    waiting.stderr.readline()  # the first progress line: it is waiting now
+    waiting.send_signal(signal.SIGINT)
+    _, stderr = waiting.communicate(timeout=20)
+    assert waiting.returncode == 130
+    assert f"lowtide batch wait {batch_id}" in stderr and "Traceback" not in stderr
+
+    # Ctrl-C stopped the waiting, not the batch.
+    early = lowtide("batch", "download", batch_id, env=env, cwd=tmp_path)
+    assert early.returncode == 1 and "lowtide batch wait" in early.stderr
+    cancelled = lowtide("batch", "cancel", batch_id, "--json", env=env, cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] in ("cancelling", "cancelled")
+    waited = lowtide("batch", "wait", batch_id, *FAST_POLL, "--json", env=env, cwd=tmp_path)
+    assert waited.returncode == 5, waited.stderr
+    assert json.loads(waited.stdout)["status"] == "cancelled"
+
+    got = lowtide("batch", "download", batch_id, "-o", "out.jsonl", env=env, cwd=tmp_path)
+    assert got.returncode == 5
+    # Every line is in one of the files; the ones never run say so.
+    outputs, errors = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "out.errors.jsonl")
+    assert sorted(r["custom_id"] for r in outputs + errors) == sorted(x["custom_id"] for x in lines)
+    assert any(e["error"]["code"] == "batch_cancelled" for e in errors)
+
+
+def test_failed_validation_exits_3_naming_the_line(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(jsonl([chat_line("ok", "fine")]) + b"{not json\n")
+    result = lowtide("batch", "submit", str(path), "--wait", *FAST_POLL, env=env, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "line 2: invalid_json_line" in result.stderr
+    assert not list(tmp_path.glob("*output.jsonl"))  # no results, so no result files
+
+
+def test_files_commands(env: dict[str, str], tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "up.jsonl", [chat_line("f-1", "file")])
+    uploaded = lowtide("files", "upload", path, "--json", env=env, cwd=tmp_path)
+    assert uploaded.returncode == 0, uploaded.stderr
+    record = json.loads(uploaded.stdout)
+    file_id = record["id"]
+    assert record["purpose"] == "batch" and record["bytes"] == path.stat().st_size
+
+    table = lowtide("files", "list", "--purpose", "batch", env=env, cwd=tmp_path).stdout
+    assert file_id in table and "up.jsonl" in table
+    got = json.loads(lowtide("files", "get", file_id, "--json", env=env, cwd=tmp_path).stdout)
+    assert got["filename"] == "up.jsonl"
+    to_stdout = lowtide("files", "download", file_id, env=env, cwd=tmp_path)
+    assert to_stdout.stdout == path.read_text()
+
+    deleted = lowtide("files", "delete", file_id, "--json", env=env, cwd=tmp_path)
+    assert json.loads(deleted.stdout)["deleted"] is True
+    gone = lowtide("files", "get", file_id, env=env, cwd=tmp_path)
+    assert gone.returncode == 1 and "404" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_errors_are_one_line_and_exit_1(env: dict[str, str], tmp_path: Path) -> None:
+    wrong_key = {**env, "LOWTIDE_API_KEY": "sk-wrong-key-000000"}
+    denied = lowtide("batch", "list", env=wrong_key, cwd=tmp_path)
+    assert denied.returncode == 1 and "401" in denied.stderr and "Traceback" not in denied.stderr
+    nowhere = {**base_env(), "LOWTIDE_BASE_URL": "http://127.0.0.1:9"}
+    unreachable = lowtide("files", "list", env=nowhere, cwd=tmp_path)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    # OPENAI_* is the fallback when no LOWTIDE_* variable is set.
+    fallback = {**base_env(), "OPENAI_BASE_URL": env["LOWTIDE_BASE_URL"] + "/v1"}
+    fallback["OPENAI_API_KEY"] = ALICE
+    assert lowtide("batch", "list", "--json", env=fallback, cwd=tmp_path).returncode == 0
+
+
+# --------------------------------------------------------------------------- lowtide run
+
+
+def ids_by_state(state: Path) -> dict[int, set[str]]:
+    """custom_ids of the killed run's requests by state: 1 leased, 2 and 3 recorded."""
+    with sqlite3.connect(state / "lowtide.db") as db:
+        rows = db.execute("SELECT state, custom_id FROM requests").fetchall()
+    found: dict[int, set[str]] = {0: set(), 1: set(), 2: set(), 3: set()}
+    for request_state, custom_id in rows:
+        found[request_state].add(custom_id)
+    return found
+
+
+def wait_for_requests(upstream: Upstream, count: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while upstream.stats()["requests"] < count:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+
+
+def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> None:
+    upstream = Upstream("--seed", "7", "--latency", "0.05", log=tmp_path / "upstream.log")
+    try:
+        (tmp_path / "lowtide.toml").write_text(config_toml(upstream, max_concurrency=4))
+        n = 300
+        lines = [chat_line(f"k-{i}", f"question {i}") for i in range(n)]
+        lines[10] = chat_line("k-10", "question 10 FAIL400")  # one line for the error file
+        write_lines(tmp_path / "in.jsonl", lines)
+        args = ("run", "in.jsonl", "-o", "out.jsonl", "--config", "lowtide.toml")
+
+        # Ctrl-C: the engine stops gracefully and says how to resume.
+        first = start(*args, env=base_env(), cwd=tmp_path)
+        wait_for_requests(upstream, n // 6, first)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=30)
+        assert first.returncode == 130, stderr
+        assert "Run the same command again to resume" in stderr
+
+        # Then a crash: SIGKILL, a third of the way through.
+        second = start(*args, env=base_env(), cwd=tmp_path)
+        wait_for_requests(upstream, n // 3, second)
+        # One run at a time per state directory: two engines on it would send lines twice.
+        rival = lowtide(*args, env=base_env(), cwd=tmp_path)
+        assert rival.returncode == 1 and "another `lowtide run`" in rival.stderr
+        second.kill()
+        second.wait()
+
+        state = tmp_path / "out.jsonl.lowtide-state"
+        at_kill = ids_by_state(state)
+        recorded, leased = at_kill[2] | at_kill[3], at_kill[1]
+        before = upstream.stats(per_key=True)["per_key"]
+        assert 0 < len(recorded) < n
+
+        third = lowtide(*args, env=base_env(), cwd=tmp_path)
+        assert third.returncode == 0, third.stderr
+        assert "resuming" in third.stderr
+
+        outputs, errors = (
+            read_jsonl(tmp_path / "out.jsonl"),
+            read_jsonl(tmp_path / "out.errors.jsonl"),
+        )
+        seen = [r["custom_id"] for r in outputs + errors]
+        assert sorted(seen) == sorted(line["custom_id"] for line in lines)  # each exactly once
+        assert [e["custom_id"] for e in errors] == ["k-10"]
+        assert all(content_of(o) == "echo: question " + o["custom_id"][2:] for o in outputs)
+        assert not state.exists()
+
+        after = upstream.stats(per_key=True)["per_key"]
+        key_of = {line["custom_id"]: line["body"]["messages"][-1]["content"] for line in lines}
+        resent = [c for c in recorded if after[key_of[c]] != before[key_of[c]]]
+        assert resent == [], "a line recorded before the kill was sent again"
+        # Sent again: only what was in flight (leased, its result not yet committed) at the kill.
+        sent_twice = {c for c in key_of if after[key_of[c]] > 1}
+        assert sent_twice <= leased
+    finally:
+        upstream.stop()
+
+
+def test_run_refuses_a_changed_input(tmp_path: Path) -> None:
+    state = tmp_path / "out.jsonl.lowtide-state"
+    state.mkdir()
+    (state / "run.json").write_text(json.dumps({"sha256": "0" * 64}))
+    write_lines(tmp_path / "in.jsonl", [model_line(0)])
+    result = lowtide("run", "in.jsonl", "-o", "out.jsonl", env=base_env(), cwd=tmp_path)
+    assert result.returncode == 1 and "different input" in result.stderr
+
+
+def model_lines(n: int) -> list[dict[str, Any]]:
+    return [model_line(i) for i in range(n)]
+
+
+def model_line(i: int) -> dict[str, Any]:
+    return chat_line(f"t-{i}", f"hi {i}", model="batch-test-model", url="/v1/chat/ds-test")
+
+
+def test_run_plain_lines_when_piped(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", model_lines(50))
+    result = lowtide("run", "in.jsonl", "-o", "out.jsonl", env=base_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ANSI not in result.stderr and "\r" not in result.stderr
+    assert "in.jsonl: completed, 50 done, 0 failed, 50 total" in result.stderr.splitlines()
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 50
+
+
+def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
+    """Run under a pseudo-terminal of 120 columns; return the exit code and all it wrote."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    env = {**base_env(), "TERM": "xterm-256color"}
+    env.pop("NO_COLOR")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowtide", *args],
+        stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=env,
+    )  # fmt: skip
+    os.close(terminal)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(controller)
+    return proc.wait(10), out.decode(errors="replace")
+
+
+def test_run_progress_bar_in_a_terminal(tmp_path: Path) -> None:
+    write_lines(tmp_path / "in.jsonl", model_lines(100))
+    code, screen = run_in_terminal(["run", "in.jsonl", "-o", "out.jsonl"], tmp_path)
+    assert code == 0, screen
+    assert ANSI in screen and "\r" in screen  # redrawn in place
+    assert "━" in screen  # the bar
+    assert "100 done · 0 failed · 100 total" in screen
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 100
