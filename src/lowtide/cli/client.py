@@ -25,12 +25,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from lowtide.cli.atomic import atomic_file
 from lowtide.cli.progress import (
     EXIT_INTERRUPTED,
     TERMINAL,
     BatchProgress,
     Counts,
-    atomic_file,
     errors_path_for,
     exit_code,
     stderr_console,

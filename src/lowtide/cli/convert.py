@@ -20,9 +20,7 @@ import contextlib
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import IO, Any, Final, NamedTuple, TextIO
 
 import click
 import orjson
+
+from lowtide.cli.atomic import atomic_file
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -530,26 +530,13 @@ def _open_output(path: str, encoding: str, newline: str) -> Iterator[TextIO]:
             stream.flush()
             stream.detach()
         return
-    target = Path(path)
-    try:
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:  # name the file asked for, not the temporary one
-        raise OSError(exc.errno, exc.strerror, path) from exc
-    try:
-        with open(fd, "w", encoding=encoding, newline=newline) as handle:
-            yield handle
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it normal permissions
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    with atomic_file(Path(path)) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, newline=newline)
+        try:
+            yield text
+        finally:
+            text.flush()
+            text.detach()  # atomic_file closes the file itself
 
 
 def _destination(path: str) -> str:

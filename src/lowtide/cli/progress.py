@@ -9,16 +9,13 @@ that exists is complete).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final
+from typing import Final
 
 from rich.console import Console
 from rich.markup import escape
@@ -32,7 +29,6 @@ __all__ = [
     "BatchProgress",
     "Counts",
     "RateMeter",
-    "atomic_file",
     "errors_path_for",
     "exit_code",
     "format_eta",
@@ -224,26 +220,3 @@ class BatchProgress:
 def errors_path_for(output: Path) -> Path:
     """The error file beside an output file: ``results.jsonl`` -> ``results.errors.jsonl``."""
     return output.with_name(f"{output.stem if output.suffix else output.name}.errors.jsonl")
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Write ``path`` through a temporary file beside it, renamed over it only on success."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with open(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it normal permissions
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -27,13 +27,13 @@ import click
 from rich.console import Console
 
 from lowtide import errors
+from lowtide.cli.atomic import atomic_file
 from lowtide.cli.client import endpoint_of
 from lowtide.cli.progress import (
     EXIT_INTERRUPTED,
     TERMINAL,
     BatchProgress,
     Counts,
-    atomic_file,
     errors_path_for,
     exit_code,
     stderr_console,
