@@ -31,6 +31,7 @@ lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/audit
 
 typecheck: install-dev
 	$(BIN)/mypy
@@ -39,6 +40,9 @@ pytest: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+bench: install-dev
+	BENCH_COMMAND="make bench" BENCH_PYTHON=$(BIN)/python bench/all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
@@ -14,6 +16,7 @@ from lowtide.backends.base import Backend
 from lowtide.backends.openai_http import OpenAIHTTPBackend
 from lowtide.backends.test_model import TEST_MODEL, TestModelBackend
 from lowtide.blobs import BlobStore, open_blobs
+from lowtide.domain.status import Status
 from lowtide.engine.engine import Engine
 from lowtide.engine.router import Router
 from lowtide.service.ratelimit import (
@@ -39,13 +42,33 @@ def check_exposure(settings: Settings) -> None:
     if settings.keys_required():
         return
     if settings.server.host not in LOOPBACK_HOSTS:
+        if _database_has_keys(settings):
+            return
         raise errors.ConfigError(
             f"refusing to listen on {settings.server.host} without API keys: add [[api_keys]] "
-            "to the config, or listen on 127.0.0.1"
+            "to the config or make one with `lowtide keys create`, or listen on 127.0.0.1"
         )
     logger.warning(
-        "no API keys configured: every caller is account 'default' (listening on loopback only)"
+        "no API keys in the config: unless `lowtide keys create` made some, every caller is "
+        "account 'default' (listening on loopback only)"
     )
+
+
+def _database_has_keys(settings: Settings) -> bool:
+    """Keys made with ``lowtide keys create`` count as keys (checked before serving)."""
+
+    async def check() -> bool:
+        store = open_store(settings.server.resolved_database_url())
+        await store.open()
+        try:
+            return await store.has_api_keys()
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(check())
+    except errors.StorageError as exc:
+        raise errors.ConfigError(exc.message) from exc
 
 
 @dataclass
@@ -68,9 +91,21 @@ class Server:
             wake=self.wake,
             on_startup=self.start,
             on_shutdown=self.stop,
-            refreshers=[self.refresh_backend_gauges],
+            refreshers=self._refreshers(),
             limiter=self.limiter,
         )
+
+    def _refreshers(self) -> list[Callable[[], Awaitable[None]]]:
+        found: list[Callable[[], Awaitable[None]]] = [self.refresh_backend_gauges]
+        if self.settings.metrics.store_gauges:
+            found.append(self.refresh_store_gauges)
+        return found
+
+    async def refresh_store_gauges(self) -> None:
+        counts, pending = await self.store.status_summary()
+        for status in Status:
+            metrics.BATCHES.labels(status.value).set(counts.get(status.value, 0))
+        metrics.LINES_PENDING.set(pending)
 
     async def refresh_backend_gauges(self) -> None:
         for backend in self.router.backends():
@@ -90,6 +125,11 @@ class Server:
         await self.blobs.open()
         if self.engine is not None:
             await self.engine.start()
+        # Everything allocated so far lives as long as the process: moving it out of the
+        # collector's reach makes full collections (event-loop pauses of 60-70 ms measured
+        # during dispatch) several times cheaper.
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         if self.engine is not None:

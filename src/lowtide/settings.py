@@ -95,6 +95,9 @@ class EngineSettings(_Strict):
     commit_batch: int = Field(default=200, ge=1)
     #: Idle poll interval: the safety net behind the in-process wake-ups.
     poll_interval: float = Field(default=1.0, gt=0)
+    #: Seconds of a backend outage (requests in a row with no answer) during which failed
+    #: attempts are not counted against their lines: they wait for the backend instead.
+    outage_grace: float = Field(default=120.0, ge=0)
     #: Seconds to let in-flight requests finish on SIGTERM before they are released.
     shutdown_grace: float = Field(default=8.0, ge=0)
 
@@ -160,12 +163,32 @@ class AccountOverrides(_Strict):
     upload_per_minute: int | None = Field(default=None, ge=1)
 
 
+class MetricsSettings(_Strict):
+    #: Report the gauges read from the shared database (batches by status, lines pending).
+    #: In a fleet, turn this on in one process only, so that summing over processes counts
+    #: each batch once.
+    store_gauges: bool = True
+
+
 class CallbackSettings(_Strict):
     #: Hosts that ``metadata.ds_batch_finish_callback`` may point at; none by default, so that
     #: callbacks cannot be used to reach internal addresses.
     allowed_hosts: list[str] = Field(default_factory=list)
     #: Seconds to wait for the callback's answer.
     timeout: float = Field(default=10.0, gt=0)
+
+
+# --- retention (issue 6) ---------------------------------------------------------------------
+
+
+class RetentionSettings(_Strict):
+    """How long batches stay visible, and how often the sweeper deletes what has expired."""
+
+    #: Batches created more than this many days ago are neither listed nor retrievable, and
+    #: their per-request rows are deleted (the batch row stays, for usage records).
+    batch_days: int = Field(default=30, ge=1, le=36_500)
+    #: Seconds between two sweeps (expired files, bytes of deleted files, lapsed keys).
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
 
 
 class TestingSettings(_Strict):
@@ -186,9 +209,11 @@ class Settings(_Strict):
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    metrics: MetricsSettings = MetricsSettings()
     account_defaults: AccountLimits = AccountLimits()
     accounts: dict[str, AccountOverrides] = Field(default_factory=dict)
     s3: S3Settings = S3Settings()
+    retention: RetentionSettings = RetentionSettings()
     testing: TestingSettings = TestingSettings()
 
     @field_validator("backends")

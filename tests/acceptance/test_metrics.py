@@ -37,6 +37,7 @@ def test_counters_agree_with_the_batch(make_server, upstream):
     during = scrape(server.url)
     assert total(during, "lowtide_backend_concurrency_limit", backend="fake") == 4
     assert total(during, "lowtide_requests_in_flight", backend="fake") <= 4
+    assert total(during, "lowtide_lines_pending") > 0
     batch = wait_for(c, batch.id, timeout=120)
     after = scrape(server.url)
     model = {"backend": "fake", "model": "fake-model"}
@@ -53,6 +54,9 @@ def test_counters_agree_with_the_batch(make_server, upstream):
     assert total(after, "lowtide_upstream_latency_seconds_count", **model) == dispatched
     assert total(after, "lowtide_batches_finished_total", status="completed") == 1
     assert total(after, "lowtide_batches_created_total") == 1
+    assert total(after, "lowtide_batches", status="completed") == 1
+    assert total(after, "lowtide_batches", status="in_progress") == 0
+    assert total(after, "lowtide_lines_pending") == 0
     assert total(after, "lowtide_validation_seconds_count") == 1
     assert total(after, "lowtide_finalization_seconds_count") == 1
 

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import lowtide
-from lowtide.api import batches, errors, files, health, metrics, web
+from lowtide.api import batches, errors, files, health, metrics, openapi, web
 from lowtide.api.auth import Authenticator
-from lowtide.api.middleware import RateLimitHeaders, RejectBodyOnReads
+from lowtide.api.middleware import LimitBodies, RateLimitHeaders, RejectBodyOnReads
 from lowtide.blobs import BlobStore
 from lowtide.service.batches import BatchService
 from lowtide.service.files import FileService
@@ -55,9 +55,10 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.blobs = blobs
-    app.state.auth = Authenticator(settings)
+    app.state.auth = Authenticator(settings, store)
     app.state.limiter = limiter or MemoryRateLimiter()
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(LimitBodies, uploads=[prefix + "/files" for prefix in PREFIXES])
     app.add_middleware(RejectBodyOnReads)
     app.state.files = FileService(settings, store, blobs)
     app.state.batches = BatchService(settings, store, wake)
@@ -69,4 +70,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(web.router)
+    openapi.install(app, PREFIXES)
     return app

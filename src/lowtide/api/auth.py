@@ -1,20 +1,33 @@
 """Who is calling: Bearer keys to accounts, and the per-account rate limits of each route class.
 
-Keys are kept as SHA-256 digests and looked up by digest, so no comparison ever runs over the
-secret itself (nothing to time), and the clear keys are not kept in memory past start-up.
+Keys come from two places: the config file's ``[[api_keys]]`` (kept in memory as SHA-256
+digests; the clear keys are not kept past start-up) and the database (``lowtide keys create``,
+stored only as digests). A key is looked up by its SHA-256 digest: no comparison ever runs
+over the secret itself, so its timing cannot reveal it (how long a lookup takes depends on how
+much of a digest matches, and a key whose digest matches a stored one in its first bytes is
+no nearer to the key: that is what a cryptographic hash promises). The database is asked on
+every request, one indexed read, so that a key revoked by ``lowtide keys revoke`` is refused
+at once by every API process of a fleet.
+
+SHA-256 rather than a slow password hash (bcrypt, scrypt, Argon2): those protect secrets that
+people choose, which can be guessed. A key made by ``lowtide keys create`` is 256 random bits,
+so a leaked digest cannot be reversed by guessing either way, and a fast digest keeps the
+per-request lookup cheap. Keys written in the config file are chosen by operators: keep them
+long and random too.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
 
 from lowtide import errors
+from lowtide.service.keys import digest
 from lowtide.service.ratelimit import RateLimiter
 from lowtide.settings import Settings
+from lowtide.store import Store
 
 DEFAULT_ACCOUNT = "default"
 
@@ -30,21 +43,23 @@ class Caller:
         return None if self.admin else self.account
 
 
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self._callers = {digest(k.key): Caller(k.account, k.admin) for k in settings.api_keys}
+        self._store = store
+        #: The database held a key once: it always will (revoked keys stay), so keep the answer.
+        self._stored_keys = False
 
-    @property
-    def open(self) -> bool:
-        """No keys configured: every caller is the ``default`` account (loopback only)."""
-        return not self._callers
+    async def open(self) -> bool:
+        """No keys, in the config or the database: every caller is the ``default`` account
+        (the server then listens on loopback only). Once a key exists, keys are required."""
+        if self._callers or self._stored_keys:
+            return False
+        self._stored_keys = await self._store.has_api_keys()
+        return not self._stored_keys
 
-    def identify(self, authorization: str | None) -> Caller:
-        if self.open:
+    async def identify(self, authorization: str | None) -> Caller:
+        if await self.open():
             return Caller(DEFAULT_ACCOUNT)
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -53,10 +68,14 @@ class Authenticator:
                 "as 'Bearer YOUR_KEY'.",
                 code="missing_api_key",
             )
-        caller = self._callers.get(digest(key.strip()))
-        if caller is None:
+        wanted = digest(key.strip())
+        caller = self._callers.get(wanted)
+        if caller is not None:
+            return caller
+        account = await self._store.find_api_key(wanted)
+        if account is None:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
-        return caller
+        return Caller(account)
 
 
 def limited(route_class: str) -> Callable[[Request], Awaitable[Caller]]:
@@ -67,7 +86,8 @@ def limited(route_class: str) -> Callable[[Request], Awaitable[Caller]]:
 
     async def dependency(request: Request) -> Caller:
         app = request.app
-        caller: Caller = app.state.auth.identify(request.headers.get("authorization"))
+        auth: Authenticator = app.state.auth
+        caller = await auth.identify(request.headers.get("authorization"))
         settings: Settings = app.state.settings
         limit = getattr(settings.limits_for(caller.account), f"{route_class}_per_minute")
         limiter: RateLimiter = app.state.limiter

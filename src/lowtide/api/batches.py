@@ -30,7 +30,7 @@ async def _json_body(request: Request) -> Any:
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > _MAX_BODY:
-            raise errors.PayloadTooLarge("The request body is too large.", code=None)
+            raise errors.PayloadTooLarge("The request body is too large.", code="body_too_large")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -41,10 +41,11 @@ async def _json_body(request: Request) -> Any:
         ) from None
 
 
-@router.post("/batches", summary="Create a batch")
+@router.post("/batches", summary="Create a batch (optional Idempotency-Key header)")
 async def create_batch(request: Request, caller: Creator) -> JSON:
-    batch = await _batches(request).create(caller.account, await _json_body(request))
-    return JSON(batch.to_api())
+    params = await _json_body(request)
+    key = request.headers.get("idempotency-key")
+    return JSON(await _batches(request).create_idempotent(caller.account, params, key))
 
 
 @router.get("/batches", summary="List batches, newest first")

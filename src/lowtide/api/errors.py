@@ -12,6 +12,7 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from lowtide import errors
 from lowtide.api.responses import JSON
@@ -45,6 +46,9 @@ def render(exc: errors.LowtideError) -> JSON:
         headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if isinstance(exc, errors.AuthenticationFailed):
         headers = {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, errors.Conflict):
+        # The openai SDK retries 409s unless told not to; a conflict does not go away.
+        headers = {"x-should-retry": "false"}
     return envelope(
         exc.status_code,
         exc.message,
@@ -53,6 +57,30 @@ def render(exc: errors.LowtideError) -> JSON:
         code=exc.code,
         headers=headers,
     )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method that some route serves on this path.
+
+    Starlette's 405 names the methods of the first route that matched the path only, but
+    ``GET /v1/files`` and ``POST /v1/files`` are two routes. Each method is tried on a fresh
+    copy of the request's address, so the answer does not depend on how routers nest.
+    """
+    address = {
+        "type": "http",
+        "path": request.scope["path"],
+        "root_path": request.scope.get("root_path", ""),
+    }
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**address, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI) -> None:
@@ -68,11 +96,14 @@ def install(app: FastAPI) -> None:
             404: f"Unknown request URL: {request.method} {request.url.path}.",
             405: f"Method {request.method} is not allowed on {request.url.path}.",
         }.get(exc.status_code, str(exc.detail))
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         return envelope(
             exc.status_code,
             message,
             type_=_STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
-            headers=dict(exc.headers) if exc.headers else None,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -23,12 +23,15 @@ def _files(request: Request) -> FileService:
     return service
 
 
-@router.post("/files", summary="Upload a file (multipart: file, purpose)")
+@router.post(
+    "/files",
+    summary="Upload a file (multipart: file, purpose; optional Idempotency-Key header)",
+)
 async def upload_file(request: Request, caller: Uploader) -> JSON:
     service = _files(request)
     upload = parse_upload(request, service.settings.limits.max_file_bytes)
-    record = await service.upload(caller.account, upload)
-    return JSON(record.to_api())
+    key = request.headers.get("idempotency-key")
+    return JSON(await service.upload_idempotent(caller.account, upload, key))
 
 
 @router.get("/files", summary="List files")

@@ -44,8 +44,9 @@ class OpenAIHTTPBackend:
     async def send(self, path: str, body: bytes) -> Reply:
         url = self._base + path
         try:
-            async with self._client().post(url, data=body) as resp:
-                data = await resp.read()
+            # A redirect would carry the request (and our key) to a host nobody configured.
+            async with self._client().post(url, data=body, allow_redirects=False) as resp:
+                data = await _read_capped(resp, self.name)
                 return Reply(
                     status=resp.status,
                     body=data,
@@ -62,6 +63,26 @@ class OpenAIHTTPBackend:
             await self._session.close()
             self._session = None
             await asyncio.sleep(0)
+
+
+# One answer larger than this is refused: a hostile or broken backend must not exhaust memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, name: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared <= MAX_RESPONSE_BYTES:
+        return await resp.read()  # the common case: one read, no copying
+    parts, size = [], 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise Unreachable(
+                f"{name}: the answer exceeds {MAX_RESPONSE_BYTES} bytes",
+                code="upstream_response_too_large",
+            )
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:

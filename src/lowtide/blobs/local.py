@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lowtide import errors
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_.\-]+)*$")
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_.\-]+)*")
 _OPEN_FILES = 64  # input files kept open for range reads while batches dispatch
 
 
@@ -68,7 +68,7 @@ class LocalBlobStore:
             raise errors.StorageError(f"storage directory {self.root} is not reachable")
 
     def _path(self, key: str) -> Path:
-        if not _KEY_RE.match(key) or ".." in key:
+        if not _KEY_RE.fullmatch(key) or ".." in key:
             raise errors.StorageError(f"invalid blob key {key!r}")
         return self.root / key
 

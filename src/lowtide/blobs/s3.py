@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The same rule as the local store: keys are built from ids, never from user input.
-_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_.\-]+)*$")
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_.\-]+)*")
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9._\-]+$")
 #: Connections kept to the store, and threads running boto3 calls.
 _POOL = 64
@@ -215,7 +215,7 @@ class S3BlobStore:
         await self.call("ping", self.client.head_bucket, Bucket=self.bucket)
 
     def _name(self, key: str) -> str:
-        if not _KEY_RE.match(key) or ".." in key:
+        if not _KEY_RE.fullmatch(key) or ".." in key:
             raise errors.StorageError(f"invalid blob key {key!r}")
         return self.prefix + key
 

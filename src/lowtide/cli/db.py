@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from lowtide import errors
+from lowtide.cli.options import config_option, database_url_option
 from lowtide.settings import load_settings
 from lowtide.store import migrations
 
@@ -23,14 +24,8 @@ def db_group() -> None:
 
 
 @db_group.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="LOWTIDE_CONFIG",
-    help="TOML config file [env LOWTIDE_CONFIG]; its [server] database_url is upgraded.",
-)
-@click.option("--database-url", help="Upgrade this database instead of the configured one.")
+@config_option("; its [server] database_url is upgraded")
+@database_url_option("Upgrade")
 def upgrade(config_path: Path | None, database_url: str | None) -> None:
     """Apply the migrations the configured database has not had yet.
 

@@ -13,6 +13,8 @@ from lowtide import __version__, errors
 from lowtide.cli.client import batch_group, files_group
 from lowtide.cli.convert import convert_group
 from lowtide.cli.db import db_group
+from lowtide.cli.keys import keys_group
+from lowtide.cli.options import config_option, logging_options
 from lowtide.cli.run import run_command
 from lowtide.cli.worker import worker
 from lowtide.logs import setup_logging
@@ -31,13 +33,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="LOWTIDE_CONFIG",
-    help="TOML config file [env LOWTIDE_CONFIG].",
-)
+@config_option()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
 @click.option(
@@ -45,14 +41,7 @@ def cli() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the database and files live (default ./lowtide-data).",
 )
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines for people, or JSON for machines.",
-)
+@logging_options
 @click.option(
     "--api-only",
     is_flag=True,
@@ -116,6 +105,7 @@ cli.add_command(batch_group, name="batch")
 cli.add_command(files_group, name="files")
 cli.add_command(run_command, name="run")
 cli.add_command(worker)
+cli.add_command(keys_group, name="keys")
 
 
 def main() -> None:

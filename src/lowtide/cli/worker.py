@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lowtide import errors
+from lowtide.cli.options import config_option, logging_options
 from lowtide.logs import setup_logging
 from lowtide.settings import load_settings
 
@@ -21,21 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="LOWTIDE_CONFIG",
-    help="TOML config file [env LOWTIDE_CONFIG].",
-)
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines for people, or JSON for machines.",
-)
+@config_option()
+@logging_options
 def worker(config_path: Path | None, log_level: str | None, log_format: str) -> None:
     """Run an engine (validation, dispatch, finalisation) without the API.
 

@@ -12,7 +12,7 @@ ERROR_FILE_PREFIX = "file-batch_error-"
 REQUEST_PREFIX = "batch_req_"
 
 # Ids only ever contain these characters, so a well-formed id can never be a path.
-_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 
 def new_batch_id() -> str:
@@ -37,4 +37,4 @@ def new_request_line_id() -> str:
 
 def is_well_formed(some_id: str) -> bool:
     """True if ``some_id`` could be one of ours; anything else is simply not found."""
-    return bool(_ID_RE.match(some_id))
+    return bool(_ID_RE.fullmatch(some_id))

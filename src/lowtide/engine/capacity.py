@@ -7,6 +7,11 @@ and uses only those; it asks for more while it has work it cannot start, and giv
 it does not use, so the whole ceiling flows to whoever has work. A worker that dies loses its
 slots when their lease runs out. The hot path never touches the database for this: a worker
 checks capacity in memory and renews its slots every ``interval`` seconds.
+
+A worker that is not renewed in time (frozen by SIGSTOP or a VM pause, cut off from the
+database) stops starting requests when its lease runs out by its own clock (``granted_until``):
+from then on other workers may hold its slots. Requests it already had in flight run on, so
+the backend can see more than its ceiling until they end (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class CapacityKeeper:
     def start_empty(self) -> None:
         """Hold nothing until the database grants it."""
         for name in self.names:
-            self.router.slot(name).granted = 0
+            slot = self.router.slot(name)
+            slot.granted, slot.granted_until = 0, 0.0
 
     async def run(self) -> None:
         self.start_empty()
@@ -51,7 +57,6 @@ class CapacityKeeper:
         self._stopping = True
 
     async def tick(self) -> None:
-        now = time.time()
         for name in self.names:
             slot = self.router.slot(name)
             ceiling = slot.backend.max_concurrency
@@ -59,9 +64,15 @@ class CapacityKeeper:
             # Otherwise keep what is in use and a little headroom, and give back the rest.
             want = ceiling if slot.starved else min(ceiling, slot.in_flight + 1)
             slot.starved = False
+            if slot.granted is not None and want < slot.granted:
+                # Shrink before the database hears of it: requests started while the call
+                # runs would otherwise use slots that another worker may already have.
+                slot.granted = want
+            now = time.time()  # the lease the database records starts now, not after the call
             slot.granted = await self.store.acquire_slots(
                 name, self.owner, want, ceiling, now, self.lease
             )
+            slot.granted_until = now + self.lease
 
     async def release_all(self) -> None:
         for name in self.names:

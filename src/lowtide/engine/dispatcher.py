@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_CLAIM = 512  # requests claimed in one statement
 _ACTIVE_REFRESH = 0.5  # seconds between reloads of the list of active batches
+_DOWN_AFTER = 3  # requests in a row without an answer that mark a backend as down
 
 
 class Dispatcher:
@@ -50,11 +51,13 @@ class Dispatcher:
         lease: float,
         policy: outcomes.RetryPolicy,
         poll_interval: float,
+        outage_grace: float = 120.0,
         on_outcome: Callable[[ActiveBatch, Outcome], None] | None = None,
     ) -> None:
         self.store, self.blobs, self.router, self.sink = store, blobs, router, sink
         self.owner, self.lease, self.policy = owner, lease, policy
         self.poll_interval = poll_interval
+        self.outage_grace = outage_grace
         self.on_outcome = on_outcome
         self.tasks: set[asyncio.Task[None]] = set()
         self._meters: dict[tuple[str, str], Meters] = {}
@@ -164,9 +167,7 @@ class Dispatcher:
         for batch in [b for b in self._ready if b not in active]:
             for claim in self._ready.pop(batch):
                 self._queued[batch.model] -= 1
-                self.sink.add(
-                    Outcome(claim.batch_id, claim.line, claim.epoch, RETRY, attempts=claim.attempts)
-                )
+                self.sink.add(_give_back_claim(claim, 0.0))
 
     def _start(self, batch: ActiveBatch, claim: Claim) -> None:
         slot = self.router.acquire(batch.model)
@@ -181,6 +182,11 @@ class Dispatcher:
         meters.in_flight.inc()
         try:
             outcome = await self._attempt(batch, claim, slot, meters)
+        except Exception:
+            # Whatever went wrong, the claim must go back: a lease nobody commits would be
+            # kept alive by our heartbeat and stall the batch for as long as we run.
+            logger.exception("dispatch of %s line %d failed", batch.id, claim.line)
+            outcome = _give_back_claim(claim, 1.0)
         finally:
             self.router.release(slot)
             self._in_flight[batch.model] -= 1
@@ -215,12 +221,17 @@ class Dispatcher:
                 error_message="The request could not be read from the input file.",
             )
         body = _request_body(raw, slot.backend.model_name(batch.model))
+        if slot.capacity() == 0:
+            # Our share of a fleet-wide ceiling ran out while the line was read (this worker
+            # stalled): another worker may hold the slot now, so do not send.
+            return _give_back_claim(claim, 0.0)
         meters.dispatched.inc()
         started = time.monotonic()
         try:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
         except Unreachable as exc:
-            return outcomes.from_unreachable(claim, exc, self.policy)
+            return self._unreachable(slot, claim, exc)
+        slot.failures, slot.down_since = 0, None
         meters.latency.observe(time.monotonic() - started)
         if reply.status == 429:
             meters.rate_limited.inc()
@@ -228,16 +239,38 @@ class Dispatcher:
             self._pause(slot, reply.retry_after, reply.status)
         return outcomes.from_reply(claim, reply, self.policy)
 
+    def _unreachable(self, slot: Slot, claim: Claim, exc: Unreachable) -> Outcome:
+        """Several requests in a row without an answer: the backend is down, not the line.
+
+        Pause the backend (growing pauses, up to 30 s) and, for up to ``outage_grace``
+        seconds of outage, retry the line without spending an attempt, so that an outage
+        costs lines nothing. Past the grace, attempts count again: when the only lines left
+        are ones that always fail, that looks exactly like an outage, and they must still
+        end in the error file rather than wait for the window to expire.
+        """
+        slot.failures += 1
+        if slot.failures < _DOWN_AFTER:
+            return outcomes.from_unreachable(claim, exc, self.policy)
+        now = time.monotonic()
+        if slot.down_since is None:
+            slot.down_since = now
+        seconds = min(30.0, 0.5 * 2 ** (slot.failures - _DOWN_AFTER))
+        if slot.paused_until <= now:
+            self._pause(slot, seconds, 0)
+        if now - slot.down_since < self.outage_grace:
+            return _give_back_claim(claim, seconds)
+        return outcomes.from_unreachable(claim, exc, self.policy)
+
     def _pause(self, slot: Slot, seconds: float, status: int) -> None:
         self.router.pause(slot, seconds)
         name = slot.backend.name
         metrics.PAUSES.labels(name).inc()
         metrics.PAUSE_SECONDS.labels(name).inc(seconds)
         logger.info(
-            "backend %s paused for %.1fs (HTTP %d)",
+            "backend %s paused for %.1fs (%s)",
             name,
             seconds,
-            status,
+            f"HTTP {status}" if status else "no answer",
             extra={"action": "backend_pause", "backend": name, "seconds": seconds},
         )
 
@@ -282,6 +315,18 @@ class Meters:
                 outcome.error_code,
                 extra={"action": "retries_exhausted", "batch_id": outcome.batch_id},
             )
+
+
+def _give_back_claim(claim: Claim, wait: float) -> Outcome:
+    """Back to pending after ``wait`` seconds, without spending an attempt."""
+    return Outcome(
+        claim.batch_id,
+        claim.line,
+        claim.epoch,
+        RETRY,
+        attempts=claim.attempts,
+        not_before=time.time() + wait,
+    )
 
 
 def _request_body(raw: bytes, model: str) -> bytes:

@@ -22,7 +22,7 @@ from lowtide.backends.test_model import TEST_MODEL
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
 from lowtide.domain.records import Pricing
-from lowtide.engine import outcomes
+from lowtide.engine import outcomes, retention
 from lowtide.engine.callbacks import send_callback
 from lowtide.engine.capacity import CapacityKeeper
 from lowtide.engine.dispatcher import Dispatcher
@@ -72,6 +72,7 @@ class Engine:
             lease=self.lease,
             policy=policy,
             poll_interval=conf.poll_interval,
+            outage_grace=conf.outage_grace,
         )
         self.capacity = (
             None
@@ -109,6 +110,7 @@ class Engine:
         self._spawn("validation", self._validation_loop)
         self._spawn("finalisation", self._finalize_loop)
         self._spawn("upkeep", self._upkeep_loop)
+        self._spawn("retention", self._retention_loop)
 
     def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         async def guarded() -> None:
@@ -201,6 +203,19 @@ class Engine:
             await self.store.reclaim_expired_leases(now)
             self._finalize_soon(await self.store.batches_to_finalize(now))
             await asyncio.sleep(min(1.0, self.settings.engine.poll_interval))
+
+    # --- retention (issue 6): expired files, old batches' rows, lapsed idempotency keys ------
+
+    async def _retention_loop(self) -> None:
+        conf = self.settings.retention
+        while not self._stopping:
+            await retention.sweep(
+                self.store,
+                self.blobs,
+                now=int(time.time()),
+                batch_retention_seconds=conf.batch_days * 86400,
+            )
+            await asyncio.sleep(conf.sweep_interval_seconds)
 
     def _call_back(self, batch_id: str) -> None:
         async def call() -> None:

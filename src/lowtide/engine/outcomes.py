@@ -41,6 +41,11 @@ def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
                 "The backend answered with a body that is not a JSON object.",
             )
         return _succeeded(claim, attempts, reply, parsed)
+    if reply.status in (429, 503) and reply.retry_after is not None:
+        # The backend said when to come back: the whole backend is paused until then, and the
+        # line did nothing wrong, so the wait costs it no attempt. A backend that never lets
+        # go is bounded by the batch's completion window: its lines then end as expired.
+        return _retry(claim, claim.attempts, reply.retry_after)
     if _retryable(reply.status) and attempts < policy.max_attempts:
         wait = max(policy.delay(attempts), reply.retry_after or 0.0)
         return _retry(claim, attempts, wait)

@@ -3,6 +3,7 @@ never while it is paused by a ``Retry-After``."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,12 +17,23 @@ class Slot:
     paused_until: float = 0.0
     #: Slots this process holds of the backend's fleet-wide ceiling; None when it is alone.
     granted: int | None = None
+    #: Wall-clock time at which the grant's lease runs out unless renewed (then other workers
+    #: may take the slots, so this one must not start anything on them).
+    granted_until: float = math.inf
     #: A dispatcher found no free capacity here since the capacity keeper last looked.
     starved: bool = False
+    #: Requests in a row that got no answer at all (reset by any answer).
+    failures: int = 0
+    #: When (monotonic) those failures made the backend count as down.
+    down_since: float | None = None
 
     def capacity(self) -> int:
         ceiling = self.backend.max_concurrency
-        return ceiling if self.granted is None else min(self.granted, ceiling)
+        if self.granted is None:
+            return ceiling
+        if time.time() >= self.granted_until:
+            return 0  # not renewed in time (a stall, a lost database): the slots may be gone
+        return min(self.granted, ceiling)
 
     def free(self, now: float) -> int:
         if now < self.paused_until:

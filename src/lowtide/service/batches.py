@@ -6,23 +6,26 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from lowtide import errors, metrics
 from lowtide.domain import ids
-from lowtide.domain.records import BatchFilter, BatchRecord
+from lowtide.domain.accounts import BATCH_KIND
+from lowtide.domain.records import BatchFilter, BatchRecord, JsonDict
 from lowtide.domain.status import TERMINAL, Status, parse_statuses
 from lowtide.domain.validation import ENDPOINTS, TEST_ENDPOINT
+from lowtide.service.idempotency import Attempt, check_key
 from lowtide.settings import Settings
 from lowtide.store import Store
 
 logger = logging.getLogger(__name__)
 
-RETENTION_SECONDS = 30 * 86400
-_WINDOW_RE = re.compile(r"^([1-9][0-9]{0,3})([hd])$")
+_WINDOW_RE = re.compile(r"([1-9][0-9]{0,3})([hd])")
 _WINDOW_RANGE = (24 * 3600, 336 * 3600)
+_TIMESTAMP_RE = re.compile(r"[0-9]{14}")
 _METADATA_LIMITS = {"ds_name": 100, "ds_description": 200}
 _TYPE_NAMES = {
     list: "an array",
@@ -34,37 +37,86 @@ _TYPE_NAMES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _CreateParams:
+    """The parameters of a batch create, checked."""
+
+    endpoint: str
+    completion_window: str
+    window_seconds: int
+    input_file_id: str
+    metadata: dict[str, str] | None
+    output_expires_after: int | None
+
+    def canonical(self) -> dict[str, Any]:
+        """What an idempotency key is compared on (metadata as a mapping: order ignored)."""
+        return {
+            "endpoint": self.endpoint,
+            "completion_window": self.completion_window,
+            "input_file_id": self.input_file_id,
+            "metadata": self.metadata,
+            "output_expires_after": self.output_expires_after,
+        }
+
+
 class BatchService:
     def __init__(self, settings: Settings, store: Store, wake: Callable[[], None]) -> None:
         """``wake`` tells the engine that a batch was created or cancelled."""
         self.settings, self.store, self.wake = settings, store, wake
+        self.retention_seconds = settings.retention.batch_days * 86400
 
     async def create(self, account: str, params: Any) -> BatchRecord:
-        if not isinstance(params, dict):
-            raise errors.InvalidRequest("The request body must be a JSON object.")
-        endpoint = _endpoint(params.get("endpoint"))
-        window, seconds = _completion_window(params.get("completion_window"))
-        input_file_id = _required_str(params, "input_file_id")
-        metadata = _metadata(params.get("metadata"))
-        output_expiry = _output_expires_after(params.get("output_expires_after"))
-        if endpoint == TEST_ENDPOINT:
+        parsed = _parse_create(params)
+        if parsed.endpoint == TEST_ENDPOINT:
             await self._check_test_quota(account)
+        record = self._new_record(account, parsed)
+        await self.store.create_batch(record)
+        self._created(record)
+        return record
+
+    async def create_idempotent(
+        self, account: str, params: Any, header_key: str | None
+    ) -> JsonDict:
+        """``POST /batches``: ``create``, once per idempotency key (the ``Idempotency-Key``
+        header or the body's ``idempotency_key``); the answer is the batch object."""
+        key = _idempotency_key(params, header_key)
+        if key is None:
+            return (await self.create(account, params)).to_api()
+        parsed = _parse_create(params)
+        attempt = Attempt.start(account, BATCH_KIND, key, parsed.canonical())
+        held = await self.store.find_idempotency(account, BATCH_KIND, key, attempt.since)
+        if held is not None:
+            return attempt.replay(held)
+        if parsed.endpoint == TEST_ENDPOINT:
+            await self._check_test_quota(account)
+        record = self._new_record(account, parsed)
+        response = record.to_api()
+        held = await self.store.create_batch(record, attempt.claim(response))
+        if held is not None:
+            return attempt.replay(held)  # a retry running at the same time got there first
+        self._created(record)
+        return response
+
+    def _new_record(self, account: str, parsed: _CreateParams) -> BatchRecord:
         now = int(time.time())
         override = self.settings.testing.completion_window_seconds
+        window = override if override is not None else parsed.window_seconds
         record = BatchRecord(
             id=ids.new_batch_id(),
             account=account,
-            endpoint=endpoint,
-            input_file_id=input_file_id,
-            completion_window=window,
+            endpoint=parsed.endpoint,
+            input_file_id=parsed.input_file_id,
+            completion_window=parsed.completion_window,
             created_at=now,
-            expires_at=now + int(override if override is not None else seconds),
-            metadata=metadata,
-            output_expires_after=output_expiry,
+            expires_at=now + int(window),
+            metadata=parsed.metadata,
+            output_expires_after=parsed.output_expires_after,
         )
         record.pricing.discount = self.settings.billing.batch_discount
         record.pricing.currency = self.settings.billing.currency
-        await self.store.create_batch(record)
+        return record
+
+    def _created(self, record: BatchRecord) -> None:
         metrics.BATCHES_CREATED.inc()
         logger.info(
             "batch %s created",
@@ -72,7 +124,6 @@ class BatchService:
             extra={"action": "batch_status", "batch_id": record.id, "status": "validating"},
         )
         self.wake()
-        return record
 
     async def _check_test_quota(self, account: str) -> None:
         limit = self.settings.limits.test_batches_per_account
@@ -88,7 +139,7 @@ class BatchService:
         batch = (
             await self.store.get_batch(account, batch_id) if ids.is_well_formed(batch_id) else None
         )
-        if batch is None or batch.created_at < time.time() - RETENTION_SECONDS:
+        if batch is None or batch.created_at < time.time() - self.retention_seconds:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
         return batch
 
@@ -125,7 +176,7 @@ class BatchService:
             input_file_ids=file_ids,
             created_after=_timestamp(query.get("create_after"), "create_after", tz),
             created_before=_timestamp(query.get("create_before"), "create_before", tz),
-            not_before=int(time.time()) - RETENTION_SECONDS,
+            not_before=int(time.time()) - self.retention_seconds,
         )
 
     async def cancel(self, account: str, batch_id: str) -> BatchRecord:
@@ -145,6 +196,36 @@ class BatchService:
         )
         self.wake()
         return batch
+
+
+def _parse_create(params: Any) -> _CreateParams:
+    if not isinstance(params, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.")
+    endpoint = _endpoint(params.get("endpoint"))
+    window, seconds = _completion_window(params.get("completion_window"))
+    return _CreateParams(
+        endpoint=endpoint,
+        completion_window=window,
+        window_seconds=seconds,
+        input_file_id=_required_str(params, "input_file_id"),
+        metadata=_metadata(params.get("metadata")),
+        output_expires_after=_output_expires_after(params.get("output_expires_after")),
+    )
+
+
+def _idempotency_key(params: Any, header_key: str | None) -> str | None:
+    """The header's key, else the body's ``idempotency_key`` (sent by some clients through
+    ``extra_body``); both given and different is a client bug, answered with 400."""
+    header = check_key(header_key)
+    body = None
+    if isinstance(params, dict):
+        body = check_key(params.get("idempotency_key"), "idempotency_key")
+    if header is not None and body is not None and header != body:
+        raise errors.InvalidValue(
+            "The Idempotency-Key header and the 'idempotency_key' parameter differ.",
+            param="idempotency_key",
+        )
+    return header or body
 
 
 def _endpoint(value: Any) -> str:
@@ -173,7 +254,7 @@ def _completion_window(value: Any) -> tuple[str, int]:
             param="completion_window",
             code="missing_required_parameter",
         )
-    match = _WINDOW_RE.match(value) if isinstance(value, str) else None
+    match = _WINDOW_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise errors.InvalidValue(message, param="completion_window")
     seconds = int(match[1]) * (3600 if match[2] == "h" else 86400)
@@ -234,6 +315,8 @@ def _output_expires_after(value: Any) -> int | None:
         return None
     seconds = value.get("seconds") if isinstance(value, dict) else None
     anchor = value.get("anchor") if isinstance(value, dict) else None
+    if isinstance(seconds, float) and seconds.is_integer():
+        seconds = int(seconds)  # 3600.0 is the integer 3600 in JSON
     if (
         anchor != "created_at"
         or not isinstance(seconds, int)
@@ -267,6 +350,8 @@ def _timestamp(text: str | None, name: str, tz: ZoneInfo) -> int | None:
     if not text:
         return None
     try:
+        if not _TIMESTAMP_RE.fullmatch(text):  # strptime alone takes 13 digits too
+            raise ValueError(text)
         moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=tz)
     except ValueError:
         raise errors.InvalidValue(

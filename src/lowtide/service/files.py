@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
@@ -10,8 +12,10 @@ from typing import Protocol
 from lowtide import errors
 from lowtide.blobs import BlobStore
 from lowtide.domain import ids
-from lowtide.domain.records import BatchFilter, FileRecord
+from lowtide.domain.accounts import FILE_KIND, IdempotencyClaim, IdempotencyRecord
+from lowtide.domain.records import BatchFilter, FileRecord, JsonDict
 from lowtide.domain.status import Status
+from lowtide.service.idempotency import TTL_SECONDS, Attempt, check_key
 from lowtide.settings import Settings
 from lowtide.store import Store, rows
 
@@ -35,16 +39,57 @@ class Upload(Protocol):
     has_file: bool
 
 
+class _Digest(Protocol):
+    """A ``hashlib`` hash object."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class FileService:
     def __init__(self, settings: Settings, store: Store, blobs: BlobStore) -> None:
         self.settings, self.store, self.blobs = settings, store, blobs
 
     async def upload(self, account: str, upload: Upload) -> FileRecord:
+        record, _ = await self._receive(account, upload, None)
+        await self._insert(record, None)
+        return record
+
+    async def upload_idempotent(
+        self, account: str, upload: Upload, idempotency_key: str | None
+    ) -> JsonDict:
+        """``POST /files``: ``upload``, once per ``Idempotency-Key``; the answer is the file
+        object. The upload's parameters (its bytes among them) are known only once the body
+        is read, so a retry is read through too, hashed, and compared."""
+        key = check_key(idempotency_key)
+        if key is None:
+            return (await self.upload(account, upload)).to_api()
+        since = int(time.time()) - TTL_SECONDS
+        held = await self.store.find_idempotency(account, FILE_KIND, key, since)
+        if held is not None:
+            params = await self._hash_only(upload)
+            return Attempt.start(account, FILE_KIND, key, params).replay(held)
+        record, params = await self._receive(account, upload, hashlib.sha256())
+        attempt = Attempt.start(account, FILE_KIND, key, params)
+        response = record.to_api()
+        held = await self._insert(record, attempt.claim(response))
+        if held is not None:  # a retry running at the same time got there first
+            await self.blobs.delete(record.blob_key)
+            return attempt.replay(held)
+        return response
+
+    async def _receive(
+        self, account: str, upload: Upload, digest: _Digest | None
+    ) -> tuple[FileRecord, JsonDict]:
+        """Store the upload's bytes (fed to ``digest`` too, when given); returns the record
+        to insert and the parameters an idempotency key is compared on."""
         room = await self._room(account)
         file_id = ids.new_input_file_id()
         key = rows.input_blob_key(file_id)
         async with self.blobs.writer(key) as writer:
-            utf8 = await _copy_checked(upload.chunks, writer.write, self._max_bytes(), room)
+            write = writer.write if digest is None else _feeding(digest, writer.write)
+            utf8 = await _copy_checked(upload.chunks, write, self._max_bytes(), room)
             purpose, filename, expires = self._check_fields(upload, utf8)
             size = writer.size
         now = int(time.time())
@@ -58,12 +103,29 @@ class FileService:
             blob_key=key,
             expires_at=now + expires if expires else None,
         )
+        return record, _upload_params(purpose, filename, expires, digest)
+
+    async def _hash_only(self, upload: Upload) -> JsonDict:
+        """Read a retried upload without storing it: the parameters to compare."""
+        sha256 = hashlib.sha256()
+
+        async def update(chunk: bytes) -> None:
+            sha256.update(chunk)
+
+        # Nothing is stored, so the account's quota does not apply (a retry must not fail
+        # for want of room the first upload already took).
+        utf8 = await _copy_checked(upload.chunks, update, self._max_bytes(), sys.maxsize)
+        purpose, filename, expires = self._check_fields(upload, utf8)
+        return _upload_params(purpose, filename, expires, sha256)
+
+    async def _insert(
+        self, record: FileRecord, claim: IdempotencyClaim | None
+    ) -> IdempotencyRecord | None:
         try:
-            await self.store.create_file(record)
+            return await self.store.create_file(record, claim)
         except BaseException:
-            await self.blobs.delete(key)
+            await self.blobs.delete(record.blob_key)
             raise
-        return record
 
     async def _room(self, account: str) -> int:
         """Bytes the account may still store; refuses at once when its file count is full.
@@ -148,10 +210,12 @@ class FileService:
         deleted = await self.store.delete_file(account, file_id)
         if deleted is None:
             raise errors.NotFound(f"No such File object: {file_id}", param="id")
-        # An input file of a batch that is still running keeps its bytes: the engine reads
-        # request bodies from it. Its blob is removed by the retention sweeper afterwards.
+        # The store queued the bytes for deletion with the row. An input file of a batch that
+        # is still running keeps them (the engine reads request bodies from it): the retention
+        # sweeper deletes them once the batch ends. Otherwise they go now.
         if not await self._in_use(account, file_id):
             await self.blobs.delete(record.blob_key)
+            await self.store.forget_blob_deletions([record.blob_key])
         return record
 
     async def _in_use(self, account: str, file_id: str) -> bool:
@@ -160,6 +224,31 @@ class FileService:
             account, BatchFilter(statuses=live, input_file_ids=(file_id,)), after=None, limit=1
         )
         return bool(found)
+
+
+def _feeding(
+    digest: _Digest, write: Callable[[bytes], Awaitable[None]]
+) -> Callable[[bytes], Awaitable[None]]:
+    """``write``, feeding ``digest`` on the way (SHA-256 runs at more than 1 GB/s: an upload
+    hashed while it streams costs a small fraction of receiving it)."""
+
+    async def hashing_write(chunk: bytes) -> None:
+        digest.update(chunk)
+        await write(chunk)
+
+    return hashing_write
+
+
+def _upload_params(
+    purpose: str, filename: str, expires: int | None, digest: _Digest | None
+) -> JsonDict:
+    """What an idempotency key is compared on: the bytes (by digest) and the form fields."""
+    return {
+        "sha256": digest.hexdigest() if digest is not None else None,
+        "purpose": purpose,
+        "filename": filename,
+        "expires_after": expires,
+    }
 
 
 async def _copy_checked(
@@ -185,10 +274,7 @@ async def _copy_checked(
                 f"The file exceeds the maximum size of {max_bytes} bytes.", param="file"
             )
         if utf8:
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError:
-                utf8 = False
+            utf8 = _decodes(decoder, chunk)
         await write(chunk)
     if utf8:
         try:
@@ -196,6 +282,18 @@ async def _copy_checked(
         except UnicodeDecodeError:
             utf8 = False
     return utf8
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, chunk: bytes) -> bool:
+    """Feed ``chunk`` to the UTF-8 check in 16 KiB slices: the decoded text of each slice
+    stays in the CPU cache, which made the check about twice as fast on 1 MiB chunks."""
+    view = memoryview(chunk)
+    try:
+        for start in range(0, len(view), 16384):
+            decoder.decode(view[start : start + 16384])
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _clean_filename(name: str | None) -> str:

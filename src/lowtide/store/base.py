@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -32,7 +33,14 @@ class Store(Protocol):
 
     # --- files -------------------------------------------------------------------------------
 
-    async def create_file(self, record: FileRecord) -> None: ...
+    async def create_file(
+        self, record: FileRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
+        """Insert the file; with ``idempotency``, record the key in the same transaction.
+
+        If the key is already recorded (and has not lapsed), nothing is inserted and the
+        recorded key is returned instead; None means the file was created.
+        """
 
     async def get_file(self, account: str | None, file_id: str) -> FileRecord | None:
         """A live file of ``account`` (any account when None)."""
@@ -42,14 +50,18 @@ class Store(Protocol):
     ) -> list[FileRecord]: ...
 
     async def delete_file(self, account: str, file_id: str) -> FileRecord | None:
-        """Forget the file; returns it so the caller can delete its bytes."""
+        """Forget the file and queue its bytes for deletion (``blobs_to_delete``), in one
+        transaction; returns it."""
 
     async def file_usage(self, account: str) -> tuple[int, int]:
         """(number of files, bytes stored) of an account."""
 
     # --- batches (control plane) -------------------------------------------------------------
 
-    async def create_batch(self, record: BatchRecord) -> None: ...
+    async def create_batch(
+        self, record: BatchRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
+        """Insert the batch; ``idempotency`` as for ``create_file``."""
 
     async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord | None: ...
 
@@ -149,7 +161,57 @@ class Store(Protocol):
     ) -> bool:
         """Publish the result files and the terminal status in one transaction."""
 
+    # --- operations --------------------------------------------------------------------------
+
+    async def status_summary(self) -> tuple[dict[str, int], int]:
+        """Batches by status, and request lines of live batches without a result yet."""
+
     # --- accounts ----------------------------------------------------------------------------
 
     async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
         """Count one request of ``key`` in the minute ``window``; return the window's count."""
+
+    # --- API keys (``lowtide keys``) ---------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord, digest: bytes) -> None:
+        """Store a key by the SHA-256 ``digest`` of its secret (never the secret itself)."""
+
+    async def find_api_key(self, digest: bytes) -> str | None:
+        """The account of the key with this digest, unless it is unknown or revoked."""
+
+    async def has_api_keys(self) -> bool:
+        """True once any key was created (revoked ones count: keys stay required)."""
+
+    async def list_api_keys(self, account: str | None) -> list[ApiKeyRecord]:
+        """Keys of ``account`` (every account when None), oldest first."""
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRecord | None:
+        """Revoke a key (a key revoked before keeps its first ``revoked_at``); None if unknown."""
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    async def find_idempotency(
+        self, account: str, kind: str, key: str, since: int
+    ) -> IdempotencyRecord | None:
+        """The key as recorded at or after ``since``, if it was."""
+
+    async def forget_idempotency(self, before: int) -> int:
+        """Delete keys recorded before ``before``; returns how many."""
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def expire_files(self, now: int, limit: int) -> int:
+        """Forget up to ``limit`` files past their ``expires_at`` and queue their bytes for
+        deletion, in one transaction; returns how many."""
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        """Queued blob keys whose file no live batch reads any more (a deleted input file
+        stays readable by its running batch until that batch ends)."""
+
+    async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
+        """The blobs are gone: take them off the queue."""
+
+    async def retire_batches(self, created_before: int, limit: int) -> int:
+        """Delete the request rows of up to ``limit`` terminal batches created before
+        ``created_before`` (past retention: no one can see them any more); returns how many
+        batches. The batch rows stay, for usage records."""

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import orjson
 
 from lowtide import errors
+from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import TERMINAL, Status
 from lowtide.domain.validation import RequestLine
@@ -143,8 +145,20 @@ class PostgresStore:
 
     # --- files -------------------------------------------------------------------------------
 
-    async def create_file(self, record: FileRecord) -> None:
-        await self._pool.execute(_Q["insert_file"], *rows.file_params(record))
+    async def create_file(
+        self, record: FileRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
+        if idempotency is None:
+            await self._pool.execute(_Q["insert_file"], *rows.file_params(record))
+            return None
+
+        async def insert(conn: Any) -> IdempotencyRecord | None:
+            if (held := await _claim_key(conn, idempotency)) is not None:
+                return held
+            await conn.execute(_Q["insert_file"], *rows.file_params(record))
+            return None
+
+        return await self._run(insert)
 
     async def get_file(self, account: str | None, file_id: str) -> FileRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM files WHERE id = $1", file_id)
@@ -170,10 +184,16 @@ class PostgresStore:
         return [rows.file_from_row(r) for r in await self._pool.fetch(sql, *params)]
 
     async def delete_file(self, account: str, file_id: str) -> FileRecord | None:
-        row = await self._pool.fetchrow(
-            "DELETE FROM files WHERE id = $1 AND account = $2 RETURNING *", file_id, account
-        )
-        return rows.file_from_row(row) if row is not None else None
+        async def delete(conn: Any) -> FileRecord | None:
+            row = await conn.fetchrow(
+                "DELETE FROM files WHERE id = $1 AND account = $2 RETURNING *", file_id, account
+            )
+            if row is None:
+                return None
+            await _queue_blob_deletions(conn, [(row["blob_key"], file_id)])
+            return rows.file_from_row(row)
+
+        return await self._run(delete)
 
     async def file_usage(self, account: str) -> tuple[int, int]:
         row = await self._pool.fetchrow(
@@ -183,11 +203,23 @@ class PostgresStore:
 
     # --- batches (control plane) -------------------------------------------------------------
 
-    async def create_batch(self, record: BatchRecord) -> None:
+    async def create_batch(
+        self, record: BatchRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
         params = rows.batch_params(record)
         marks = ",".join(f"${i}" for i in range(1, len(params) + 1))
         sql = f"INSERT INTO batches ({','.join(params)}) VALUES ({marks})"
-        await self._pool.execute(sql, *params.values())
+        if idempotency is None:
+            await self._pool.execute(sql, *params.values())
+            return None
+
+        async def insert(conn: Any) -> IdempotencyRecord | None:
+            if (held := await _claim_key(conn, idempotency)) is not None:
+                return held
+            await conn.execute(sql, *params.values())
+            return None
+
+        return await self._run(insert)
 
     async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM batches WHERE id = $1", batch_id)
@@ -448,8 +480,128 @@ class PostgresStore:
 
     # --- accounts ----------------------------------------------------------------------------
 
+    async def status_summary(self) -> tuple[dict[str, int], int]:
+        counts = {r[0]: int(r[1]) for r in await self._pool.fetch(rows.STATUS_COUNTS_SQL)}
+        return counts, int(await self._pool.fetchval(rows.LINES_PENDING_SQL))
+
     async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
         return int(await self._pool.fetchval(_Q["rate_limit_hit"], key, window))
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord, digest: bytes) -> None:
+        await self._pool.execute(
+            "INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            record.id,
+            digest,
+            record.hint,
+            record.account,
+            record.label,
+            record.created_at,
+            record.revoked_at,
+        )
+
+    async def find_api_key(self, digest: bytes) -> str | None:
+        account = await self._pool.fetchval(
+            "SELECT account FROM api_keys WHERE digest = $1 AND revoked_at IS NULL", digest
+        )
+        return str(account) if account is not None else None
+
+    async def has_api_keys(self) -> bool:
+        return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys)"))
+
+    async def list_api_keys(self, account: str | None) -> list[ApiKeyRecord]:
+        result = await self._pool.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR account = $1"
+            " ORDER BY created_at, id",
+            account,
+        )
+        return [ApiKeyRecord(*r) for r in result]
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRecord | None:
+        row = await self._pool.fetchrow(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1"
+            f" RETURNING {_KEY_COLUMNS}",
+            key_id,
+            now,
+        )
+        return ApiKeyRecord(*row) if row is not None else None
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    async def find_idempotency(
+        self, account: str, kind: str, key: str, since: int
+    ) -> IdempotencyRecord | None:
+        row = await self._pool.fetchrow(_Q["find_idempotency"], account, kind, key, since)
+        return IdempotencyRecord(*row) if row is not None else None
+
+    async def forget_idempotency(self, before: int) -> int:
+        return _count(
+            await self._pool.execute("DELETE FROM idempotency_keys WHERE created_at < $1", before)
+        )
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def expire_files(self, now: int, limit: int) -> int:
+        async def expire(conn: Any) -> int:
+            gone = await conn.fetch(_Q["expire_files"], now, limit)
+            await _queue_blob_deletions(conn, [(r[0], r[1]) for r in gone])
+            return len(gone)
+
+        return await self._run(expire)
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        return [r[0] for r in await self._pool.fetch(_Q["blobs_to_delete"], limit)]
+
+    async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
+        await self._pool.execute(
+            "DELETE FROM blob_deletions WHERE blob_key = ANY($1::text[])", list(blob_keys)
+        )
+
+    async def retire_batches(self, created_before: int, limit: int) -> int:
+        async def retire(conn: Any) -> int:
+            found = [r[0] for r in await conn.fetch(_Q["retired_batches"], created_before, limit)]
+            if found:
+                await conn.execute("DELETE FROM requests WHERE batch_id = ANY($1::text[])", found)
+            return len(found)
+
+        return await self._run(retire)
+
+
+_KEY_COLUMNS = "id, account, hint, created_at, label, revoked_at"
+
+
+async def _claim_key(conn: Any, claim: IdempotencyClaim) -> IdempotencyRecord | None:
+    """Record the key (replacing a lapsed one); if it is held already, return it instead."""
+    won = await conn.fetchval(
+        _Q["claim_idempotency"],
+        claim.account,
+        claim.kind,
+        claim.key,
+        claim.fingerprint,
+        claim.response,
+        claim.created_at,
+        claim.stale_before,
+    )
+    if won is not None:
+        return None
+    row = await conn.fetchrow(
+        _Q["find_idempotency"], claim.account, claim.kind, claim.key, claim.stale_before
+    )
+    return IdempotencyRecord(*row)
+
+
+async def _queue_blob_deletions(conn: Any, blobs: list[tuple[str, str]]) -> None:
+    """Queue (blob key, file id) pairs for the sweeper."""
+    if blobs:
+        now = int(time.time())
+        await conn.execute(
+            _Q["queue_blob_deletions"],
+            [b[0] for b in blobs],
+            [b[1] for b in blobs],
+            [now] * len(blobs),
+        )
 
 
 def batch_filter_sql(account: str | None, flt: BatchFilter) -> tuple[list[str], list[Any]]:

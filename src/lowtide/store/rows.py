@@ -185,6 +185,13 @@ class BatchDelta:
         )
 
 
+# Portable queries for the metrics' store gauges.
+STATUS_COUNTS_SQL = "SELECT status, COUNT(*) FROM batches GROUP BY status"
+LINES_PENDING_SQL = (
+    "SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches"
+    " WHERE status IN ('in_progress', 'cancelling', 'finalizing')"
+)
+
 DELTA_SQL = (
     "UPDATE batches SET completed = completed + ?, failed = failed + ?,"
     " input_tokens = input_tokens + ?, cached_tokens = cached_tokens + ?,"

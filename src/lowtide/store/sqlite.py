@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import TERMINAL, Status
 from lowtide.domain.validation import RequestLine
@@ -38,10 +39,11 @@ from lowtide.domain.work import (
 from lowtide.store import rows
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LEASED = int(RequestState.LEASED)
 _PENDING = int(RequestState.PENDING)
 _TERMINAL_SQL = ",".join(f"'{s.value}'" for s in TERMINAL)
+_LIVE_SQL = ",".join(f"'{s.value}'" for s in Status if s not in TERMINAL)
 
 
 class SQLiteStore:
@@ -130,16 +132,21 @@ class SQLiteStore:
 
     # --- files -------------------------------------------------------------------------------
 
-    async def create_file(self, record: FileRecord) -> None:
-        def insert(c: sqlite3.Connection) -> None:
+    async def create_file(
+        self, record: FileRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
+        def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            if idempotency is not None and (held := _claim_key(c, idempotency)) is not None:
+                return held
             c.execute(
                 "INSERT INTO files (id, account, purpose, filename, bytes, created_at, expires_at,"
                 " status, blob_key, seq) VALUES (?,?,?,?,?,?,?,?,?,"
                 " (SELECT COALESCE(MAX(seq), 0) + 1 FROM files))",
                 rows.file_params(record),
             )
+            return None
 
-        await self._write(insert)
+        return await self._write(insert)
 
     async def get_file(self, account: str | None, file_id: str) -> FileRecord | None:
         def fetch(c: sqlite3.Connection) -> FileRecord | None:
@@ -179,6 +186,7 @@ class SQLiteStore:
             if row is None:
                 return None
             c.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            _queue_blob_deletions(c, [(row["blob_key"], file_id)])
             return rows.file_from_row(row)
 
         return await self._write(delete)
@@ -194,8 +202,12 @@ class SQLiteStore:
 
     # --- batches (control plane) -------------------------------------------------------------
 
-    async def create_batch(self, record: BatchRecord) -> None:
-        def insert(c: sqlite3.Connection) -> None:
+    async def create_batch(
+        self, record: BatchRecord, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyRecord | None:
+        def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            if idempotency is not None and (held := _claim_key(c, idempotency)) is not None:
+                return held
             params = rows.batch_params(record)
             names = ",".join(params)
             marks = ",".join(f":{k}" for k in params)
@@ -204,8 +216,9 @@ class SQLiteStore:
                 " (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches))",
                 params,
             )
+            return None
 
-        await self._write(insert)
+        return await self._write(insert)
 
     async def get_batch(self, account: str | None, batch_id: str) -> BatchRecord | None:
         def fetch(c: sqlite3.Connection) -> BatchRecord | None:
@@ -347,7 +360,10 @@ class SQLiteStore:
             result = c.execute(
                 "UPDATE requests SET state = 1, lease_owner = ?, lease_until = ?,"
                 " lease_epoch = lease_epoch + 1"
+                # INDEXED BY: the planner otherwise walks the primary key past every finished
+                # row of the batch, so claims slowed from 1 to 4 ms over a 50k batch.
                 " WHERE batch_id = ? AND line IN (SELECT line FROM requests"
+                " INDEXED BY requests_by_state"
                 "  WHERE batch_id = ? AND state = 0 AND not_before <= ? ORDER BY line LIMIT ?)"
                 " RETURNING line, custom_id, offset, length, attempts, lease_epoch",
                 (owner, now + lease, batch_id, batch_id, now, limit),
@@ -524,6 +540,16 @@ class SQLiteStore:
 
         return await self._write(finish)
 
+    # --- operations --------------------------------------------------------------------------
+
+    async def status_summary(self) -> tuple[dict[str, int], int]:
+        def fetch(c: sqlite3.Connection) -> tuple[dict[str, int], int]:
+            counts = {r[0]: int(r[1]) for r in c.execute(rows.STATUS_COUNTS_SQL)}
+            (pending,) = c.execute(rows.LINES_PENDING_SQL).fetchone()
+            return counts, int(pending)
+
+        return await self._read(fetch)
+
     # --- accounts ----------------------------------------------------------------------------
 
     async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
@@ -537,6 +563,166 @@ class SQLiteStore:
             return int(count)
 
         return await self._write(hit)
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord, digest: bytes) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (record.id, digest, *_key_params(record)),
+            )
+
+        await self._write(insert)
+
+    async def find_api_key(self, digest: bytes) -> str | None:
+        def fetch(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT account FROM api_keys WHERE digest = ? AND revoked_at IS NULL", (digest,)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._read(fetch)
+
+    async def has_api_keys(self) -> bool:
+        return bool(await self._read(lambda c: c.execute("SELECT 1 FROM api_keys").fetchone()))
+
+    async def list_api_keys(self, account: str | None) -> list[ApiKeyRecord]:
+        def fetch(c: sqlite3.Connection) -> list[ApiKeyRecord]:
+            sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+            params: tuple[str, ...] = ()
+            if account is not None:
+                sql, params = sql + " WHERE account = ?", (account,)
+            return [ApiKeyRecord(*r) for r in c.execute(sql + " ORDER BY created_at, id", params)]
+
+        return await self._read(fetch)
+
+    async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRecord | None:
+        def revoke(c: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = c.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"
+                f" RETURNING {_KEY_COLUMNS}",
+                (now, key_id),
+            ).fetchone()
+            return ApiKeyRecord(*row) if row else None
+
+        return await self._write(revoke)
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    async def find_idempotency(
+        self, account: str, kind: str, key: str, since: int
+    ) -> IdempotencyRecord | None:
+        def fetch(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            row = c.execute(
+                "SELECT fingerprint, response, created_at FROM idempotency_keys"
+                " WHERE account = ? AND kind = ? AND key = ? AND created_at >= ?",
+                (account, kind, key, since),
+            ).fetchone()
+            return IdempotencyRecord(*row) if row else None
+
+        return await self._read(fetch)
+
+    async def forget_idempotency(self, before: int) -> int:
+        def forget(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (before,)
+            ).rowcount
+
+        return await self._write(forget)
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def expire_files(self, now: int, limit: int) -> int:
+        def expire(c: sqlite3.Connection) -> int:
+            gone = c.execute(
+                "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE expires_at <= ?"
+                " ORDER BY expires_at LIMIT ?) RETURNING blob_key, id",
+                (now, limit),
+            ).fetchall()
+            _queue_blob_deletions(c, [(r[0], r[1]) for r in gone])
+            return len(gone)
+
+        return await self._write(expire)
+
+    async def blobs_to_delete(self, limit: int) -> list[str]:
+        def fetch(c: sqlite3.Connection) -> list[str]:
+            result = c.execute(
+                "SELECT d.blob_key FROM blob_deletions d WHERE NOT EXISTS ("
+                " SELECT 1 FROM batches b WHERE b.input_file_id = d.file_id"
+                f" AND b.status IN ({_LIVE_SQL})) ORDER BY d.queued_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [r[0] for r in result]
+
+        return await self._read(fetch)
+
+    async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
+        def forget(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "DELETE FROM blob_deletions WHERE blob_key = ?", ((k,) for k in blob_keys)
+            )
+
+        await self._write(forget)
+
+    async def retire_batches(self, created_before: int, limit: int) -> int:
+        def retire(c: sqlite3.Connection) -> int:
+            found = c.execute(
+                "SELECT id FROM batches b WHERE created_at < ?"
+                f" AND status IN ({_TERMINAL_SQL})"
+                " AND EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id)"
+                " ORDER BY created_at LIMIT ?",
+                (created_before, limit),
+            ).fetchall()
+            c.executemany("DELETE FROM requests WHERE batch_id = ?", ((r[0],) for r in found))
+            return len(found)
+
+        return await self._write(retire)
+
+
+_KEY_COLUMNS = "id, account, hint, created_at, label, revoked_at"
+
+
+def _key_params(r: ApiKeyRecord) -> tuple[object, ...]:
+    """The columns after ``id, digest`` of an ``api_keys`` insert."""
+    return (r.hint, r.account, r.label, r.created_at, r.revoked_at)
+
+
+def _claim_key(c: sqlite3.Connection, claim: IdempotencyClaim) -> IdempotencyRecord | None:
+    """Record the key (replacing a lapsed one); if it is held already, return it instead."""
+    won = c.execute(
+        "INSERT INTO idempotency_keys (account, kind, key, fingerprint, response, created_at)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT (account, kind, key) DO UPDATE SET"
+        " fingerprint = excluded.fingerprint, response = excluded.response,"
+        " created_at = excluded.created_at WHERE idempotency_keys.created_at < ? RETURNING 1",
+        (
+            claim.account,
+            claim.kind,
+            claim.key,
+            claim.fingerprint,
+            claim.response,
+            claim.created_at,
+            claim.stale_before,
+        ),
+    ).fetchone()
+    if won is not None:
+        return None
+    row = c.execute(
+        "SELECT fingerprint, response, created_at FROM idempotency_keys"
+        " WHERE account = ? AND kind = ? AND key = ?",
+        (claim.account, claim.kind, claim.key),
+    ).fetchone()
+    return IdempotencyRecord(*row)
+
+
+def _queue_blob_deletions(c: sqlite3.Connection, blobs: list[tuple[str, str]]) -> None:
+    """Queue (blob key, file id) pairs for the sweeper."""
+    c.executemany(
+        "INSERT INTO blob_deletions (blob_key, file_id, queued_at) VALUES (?, ?,"
+        " CAST(strftime('%s', 'now') AS INTEGER)) ON CONFLICT (blob_key) DO NOTHING",
+        blobs,
+    )
 
 
 def _fetch_batch(c: sqlite3.Connection, account: str | None, batch_id: str) -> BatchRecord | None:

@@ -7,6 +7,7 @@ drive the same thing a user runs.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -170,6 +171,86 @@ class Lowtide:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Worker:
+    """``lowtide worker`` as a process: an engine without the API, for a fleet on PostgreSQL.
+
+    It serves no HTTP, so it counts as started when its log says so. ``config_path`` is a
+    config file shared with the rest of the fleet (``Lowtide(...).config_path`` will do).
+    """
+
+    STARTED = re.compile(r"\bworker \S+ started$")  # what cli/worker.py logs when ready
+
+    def __init__(
+        self, workdir: Path, config_path: Path, *, env: dict[str, str] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.config_path = config_path
+        self.log_path = workdir / "worker.log"
+        self.env = {**os.environ, "LOWTIDE_TESTING": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "the worker is not running"
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "lowtide", "worker", "--config", str(self.config_path)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir
+            )
+        self._wait_started(offset, timeout)
+
+    def _wait_started(self, offset: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if any(self.STARTED.search(line) for line in self.log()[offset:].splitlines()):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def owner_prefix(self) -> str:
+        """The start of the engine's owner name (``host:pid:``) in leases and slot rows."""
+        return f"{socket.gethostname()}:{self.pid}:"
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM: drain what is in flight, give back leases and slots, exit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: its leases and slots stay behind until they run out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen with its sockets open, as a VM stall or a long GC pause would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

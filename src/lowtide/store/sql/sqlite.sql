@@ -87,3 +87,39 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     count   INTEGER NOT NULL,
     PRIMARY KEY (key, minute)
 );
+
+-- Schema version 2: keys, idempotency and retention.
+
+-- API keys made by `lowtide keys create`. Only the SHA-256 digest of a secret is kept.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,          -- key_...: names the key in `lowtide keys`
+    digest      BLOB NOT NULL UNIQUE,      -- SHA-256 of the secret
+    hint        TEXT NOT NULL,             -- its first characters, to tell keys apart
+    account     TEXT NOT NULL,
+    label       TEXT,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+
+-- Idempotency-Key of file uploads and batch creates: the first response, replayed for 24 h.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    account      TEXT NOT NULL,
+    kind         TEXT NOT NULL,            -- 'file' or 'batch'
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,            -- SHA-256 of the canonical request parameters
+    response     TEXT NOT NULL,            -- the first response (JSON)
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, kind, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency_keys (created_at);
+
+-- Bytes of deleted and expired files, deleted by the retention sweeper once no running
+-- batch reads them (a batch keeps reading its input file after the file is deleted).
+CREATE TABLE IF NOT EXISTS blob_deletions (
+    blob_key    TEXT PRIMARY KEY,
+    file_id     TEXT NOT NULL,
+    queued_at   INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS files_expiring ON files (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS batches_by_age ON batches (created_at);

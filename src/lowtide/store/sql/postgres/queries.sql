@@ -216,3 +216,42 @@ WITH gone AS (DELETE FROM rate_limits WHERE minute < $2 - 1)
 INSERT INTO rate_limits AS t (key, minute, count) VALUES ($1, $2, 1)
 ON CONFLICT (key, minute) DO UPDATE SET count = t.count + 1
 RETURNING count
+
+-- name: claim_idempotency
+-- Record an Idempotency-Key, replacing one recorded before $7 (lapsed). A key held by a
+-- transaction still running makes this wait for it; if that one commits, no row comes back.
+INSERT INTO idempotency_keys AS k (account, kind, key, fingerprint, response, created_at)
+VALUES ($1, $2, $3, $4, $5::json, $6)
+ON CONFLICT (account, kind, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+    response = EXCLUDED.response, created_at = EXCLUDED.created_at
+WHERE k.created_at < $7
+RETURNING 1
+
+-- name: find_idempotency
+SELECT fingerprint, response, created_at FROM idempotency_keys
+WHERE account = $1 AND kind = $2 AND key = $3 AND created_at >= $4
+
+-- name: queue_blob_deletions
+INSERT INTO blob_deletions (blob_key, file_id, queued_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (blob_key) DO NOTHING
+
+-- name: expire_files
+-- Expired files, oldest expiry first; workers sweeping at once skip each other's rows.
+WITH due AS MATERIALIZED (
+    SELECT id FROM files WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+DELETE FROM files f USING due d WHERE f.id = d.id
+RETURNING f.blob_key, f.id
+
+-- name: blobs_to_delete
+SELECT d.blob_key FROM blob_deletions d WHERE NOT EXISTS (
+    SELECT 1 FROM batches b WHERE b.input_file_id = d.file_id
+    AND b.status IN ('validating', 'in_progress', 'cancelling', 'finalizing'))
+ORDER BY d.queued_at LIMIT $1
+
+-- name: retired_batches
+SELECT id FROM batches b WHERE created_at < $1
+AND status IN ('completed', 'failed', 'expired', 'cancelled')
+AND EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id)
+ORDER BY created_at LIMIT $2

@@ -18,6 +18,7 @@ CREATE TABLE files (
 );
 CREATE UNIQUE INDEX files_seq ON files (seq);
 CREATE INDEX files_by_account ON files (account, seq);
+CREATE INDEX files_expiring ON files (expires_at) WHERE expires_at IS NOT NULL;  -- the sweeper
 
 CREATE TABLE batches (
     id                   text PRIMARY KEY,
@@ -63,6 +64,7 @@ CREATE UNIQUE INDEX batches_seq ON batches (seq);
 CREATE INDEX batches_by_account ON batches (account, seq);
 CREATE INDEX batches_by_status ON batches (status);
 CREATE INDEX batches_leased ON batches (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX batches_by_age ON batches (created_at);  -- retention
 
 -- One row per input line. Rows change several times each (claim, result, retries):
 -- fillfactor leaves room on each page so that lease renewals are HOT updates.
@@ -108,4 +110,37 @@ CREATE TABLE rate_limits (
     minute  bigint NOT NULL,      -- minute number since the epoch
     count   integer NOT NULL,
     PRIMARY KEY (key, minute)
+);
+
+-- API keys made by `lowtide keys create`. Only the SHA-256 digest of a secret is kept; the
+-- API looks a key up by digest on every request, so a revoke holds at once on every process.
+CREATE TABLE api_keys (
+    id          text PRIMARY KEY,         -- key_...: names the key in `lowtide keys`
+    digest      bytea NOT NULL UNIQUE,    -- SHA-256 of the secret
+    hint        text NOT NULL,            -- its first characters, to tell keys apart
+    account     text NOT NULL,
+    label       text,
+    created_at  bigint NOT NULL,
+    revoked_at  bigint
+);
+
+-- Idempotency-Key of file uploads and batch creates: recorded in the transaction that creates
+-- the object, with the first response, which a retry gets back for 24 hours.
+CREATE TABLE idempotency_keys (
+    account      text NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('file', 'batch')),
+    key          text NOT NULL,
+    fingerprint  text NOT NULL,           -- SHA-256 of the canonical request parameters
+    response     json NOT NULL,           -- json, not jsonb: replayed byte for byte in order
+    created_at   bigint NOT NULL,
+    PRIMARY KEY (account, kind, key)
+);
+CREATE INDEX idempotency_by_age ON idempotency_keys (created_at);
+
+-- Bytes of deleted and expired files, deleted by the retention sweeper once no running
+-- batch reads them (a batch keeps reading its input file after the file is deleted).
+CREATE TABLE blob_deletions (
+    blob_key    text PRIMARY KEY,
+    file_id     text NOT NULL,
+    queued_at   bigint NOT NULL
 );

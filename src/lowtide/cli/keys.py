@@ -1,0 +1,158 @@
+"""``lowtide keys``: API keys kept in the database, made, listed and revoked.
+
+The commands open the configured database directly (like ``lowtide db``), so they work with
+the server running or not; every API process sees a change at its next request. A key's
+secret is printed once, by ``create``, on stdout alone (so ``KEY=$(lowtide keys create ...)``
+captures it); nothing else ever prints or logs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lowtide import errors
+from lowtide.cli.options import config_option, database_url_option
+from lowtide.domain.accounts import ApiKeyRecord
+from lowtide.service.keys import KeyService
+from lowtide.settings import load_settings
+from lowtide.store import open_store
+
+T = TypeVar("T")
+
+_CONFIG = config_option("; its [server] database_url holds the keys")
+_DATABASE = database_url_option("Use")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """API keys kept in the database: create, list, revoke.
+
+    Keys made here work next to the config file's [[api_keys]]. The database keeps only a
+    SHA-256 digest of each key; the key itself is printed once, when it is made. A revoked
+    key is refused at once by every API process sharing the database.
+    """
+
+
+def _run(
+    config_path: Path | None, database_url: str | None, work: Callable[[KeyService], Awaitable[T]]
+) -> T:
+    async def run() -> T:
+        url = database_url or load_settings(config_path).server.resolved_database_url()
+        store = open_store(url)
+        await store.open()
+        try:
+            return await work(KeyService(store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except errors.LowtideError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _as_dict(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "account": record.account,
+        "label": record.label,
+        "hint": record.hint,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+    }
+
+
+def _when(timestamp: int | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@keys_group.command()
+@click.option("--account", required=True, help="The account the key acts for.")
+@click.option("--label", help="A note saying what the key is for (shown by `keys list`).")
+@_CONFIG
+@_DATABASE
+@_JSON
+def create(
+    account: str,
+    label: str | None,
+    config_path: Path | None,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """Make a new key for an account and print it, once.
+
+    The key is printed on stdout and never shown again: store it now. Its id (key_...) names
+    it in `keys list` and `keys revoke`.
+
+    \b
+    Example:
+        KEY=$(lowtide keys create --account alice --label "nightly jobs" --config lowtide.toml)
+    """
+    secret, record = _run(config_path, database_url, lambda s: s.create(account, label))
+    if as_json:
+        click.echo(json.dumps({**_as_dict(record), "key": secret}, indent=2))
+        return
+    click.echo(secret)
+    click.echo(
+        f"{record.id} made for account {record.account!r}: the key above is shown only now.",
+        err=True,
+    )
+
+
+@keys_group.command("list")
+@click.option("--account", help="Only this account's keys.")
+@_CONFIG
+@_DATABASE
+@_JSON
+def list_keys(
+    account: str | None, config_path: Path | None, database_url: str | None, as_json: bool
+) -> None:
+    """List keys (id, account, label, first characters, when made and revoked).
+
+    Secrets are never shown: the database does not have them.
+
+    \b
+    Example:
+        lowtide keys list --account alice --config lowtide.toml
+    """
+    records = _run(config_path, database_url, lambda s: s.list(account))
+    if as_json:
+        click.echo(json.dumps([_as_dict(r) for r in records], indent=2))
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "ACCOUNT", "LABEL", "KEY", "CREATED (UTC)", "REVOKED (UTC)"):
+        table.add_column(column, no_wrap=True, overflow="ignore")
+    for r in records:
+        cells = (r.id, r.account, r.label or "-", r.hint, _when(r.created_at), _when(r.revoked_at))
+        table.add_row(*(Text(cell) for cell in cells))  # Text: cells are data, not markup
+    # Wide when piped, so that ids are never cut.
+    console = Console(highlight=False)
+    (console if console.is_terminal else Console(highlight=False, width=200)).print(table)
+
+
+@keys_group.command()
+@click.argument("key_id")
+@_CONFIG
+@_DATABASE
+def revoke(key_id: str, config_path: Path | None, database_url: str | None) -> None:
+    """Revoke a key by its id: every API process refuses it from its next request on.
+
+    \b
+    Example:
+        lowtide keys revoke key_0123456789abcdef --config lowtide.toml
+    """
+    record = _run(config_path, database_url, lambda s: s.revoke(key_id))
+    click.echo(f"{record.id} of account {record.account!r} revoked at {_when(record.revoked_at)}")

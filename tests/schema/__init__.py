@@ -1,0 +1,1 @@
+"""The OpenAPI description, checked by schemathesis against the real server."""
