@@ -3,6 +3,7 @@ each test gets a fresh database on the machine's server and drops it afterwards.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 
 from lowtide.testing import postgres as pg
-from lowtide.testing.harness import Lowtide, Upstream
+from lowtide.testing.harness import Lowtide, Upstream, Worker, free_port
 
 from .conftest import (
     assert_each_once,
@@ -135,3 +136,35 @@ def test_kill_9_and_restart_on_postgres(upstream: Upstream, database: str, tmp_p
         assert db_counts(database, batch_id) == ("completed", 300, 300)
     finally:
         server.stop()
+
+
+def test_a_worker_serves_its_own_metrics(tmp_path, database):
+    files = tmp_path / "files"
+    toml = config_toml(
+        None, extra=f'\n[server]\ndatabase_url = "{database}"\nstorage_url = "file://{files}"\n'
+    )
+    (tmp_path / "api").mkdir()
+    api = Lowtide(tmp_path / "api", toml, extra_args=("--api-only",))
+    api.start()
+    port = free_port()
+    worker = Worker(tmp_path / "worker", api.config_path, extra_args=("--metrics-port", str(port)))
+    worker.start()
+    try:
+        c = client(api)
+        lines = [
+            chat_line(f"w{i}", "x", model="batch-test-model", url="/v1/chat/ds-test")
+            for i in range(7)
+        ]
+        batch = wait_for(c, submit(c, lines, endpoint="/v1/chat/ds-test").id)
+        assert batch.request_counts.completed == 7
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        succeeded = [
+            line
+            for line in text.splitlines()
+            if line.startswith("lowtide_requests_succeeded_total{")
+        ]
+        assert succeeded and float(succeeded[0].rsplit(" ", 1)[1]) == 7
+    finally:
+        worker.stop()
+        api.stop()

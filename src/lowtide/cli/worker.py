@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import prometheus_client
 
-from lowtide import errors
+from lowtide import errors, metrics
 from lowtide.cli.options import config_option, logging_options
 from lowtide.logs import setup_logging
 from lowtide.settings import load_settings
@@ -24,7 +25,19 @@ logger = logging.getLogger(__name__)
 @click.command()
 @config_option()
 @logging_options
-def worker(config_path: Path | None, log_level: str | None, log_format: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve this worker's Prometheus metrics on http://HOST:PORT/metrics.",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for it.")
+def worker(
+    config_path: Path | None,
+    log_level: str | None,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run an engine (validation, dispatch, finalisation) without the API.
 
     Any number of workers may run, on any machines, against one PostgreSQL database and one
@@ -47,6 +60,9 @@ def worker(config_path: Path | None, log_level: str | None, log_format: str) -> 
             "lowtide worker needs a shared database (database_url = 'postgresql://...'); "
             "with SQLite, run 'lowtide serve', which includes the engine"
         )
+    if metrics_port is not None:
+        # A worker serves no API; its own counters still need a place to be scraped.
+        prometheus_client.start_http_server(metrics_port, metrics_host, registry=metrics.REGISTRY)
     asyncio.run(_run(server))
 
 

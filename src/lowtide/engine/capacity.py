@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 
+from lowtide import metrics
 from lowtide.engine.router import Router
 from lowtide.store import Store
 
@@ -73,6 +74,7 @@ class CapacityKeeper:
                 name, self.owner, want, ceiling, now, self.lease
             )
             slot.granted_until = now + self.lease
+            metrics.CONCURRENCY_LIMIT.labels(name).set(slot.granted)
 
     async def release_all(self) -> None:
         for name in self.names:

@@ -190,10 +190,16 @@ class Worker:
     STARTED = re.compile(r"\bworker \S+ started$")  # what cli/worker.py logs when ready
 
     def __init__(
-        self, workdir: Path, config_path: Path, *, env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        config_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.config_path = config_path
+        self.extra_args = list(extra_args)
         self.log_path = workdir / "worker.log"
         self.env = {**os.environ, "LOWTIDE_TESTING": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -206,6 +212,7 @@ class Worker:
     def start(self, timeout: float = 20.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "lowtide", "worker", "--config", str(self.config_path)]
+        cmd += self.extra_args
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
