@@ -90,7 +90,45 @@ class Upstream:
                 self.proc.wait()
 
 
-class Lowtide:
+class _Process:
+    """Signals and clean-up shared by the processes the harness starts."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (drain what is in flight, give back leases, exit); the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash that durability is about; leases stay until they run out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen with its sockets open, as a VM stall or a long GC pause would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Lowtide(_Process):
     """``lowtide serve`` as a process, with a config file written from a TOML string."""
 
     def __init__(
@@ -153,34 +191,12 @@ class Lowtide:
                 time.sleep(0.05)
         raise RuntimeError(f"lowtide did not become ready:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM, and wait for the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: the crash that durability is about."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def restart(self) -> None:
         self.kill()
         self.start()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.terminate()
-            except subprocess.TimeoutExpired:
-                self.kill()
 
-
-class Worker:
+class Worker(_Process):
     """``lowtide worker`` as a process: an engine without the API, for a fleet on PostgreSQL.
 
     It serves no HTTP, so it counts as started when its log says so. ``config_path`` is a
@@ -231,37 +247,6 @@ class Worker:
             time.sleep(0.05)
         raise RuntimeError(f"worker did not start:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def owner_prefix(self) -> str:
         """The start of the engine's owner name (``host:pid:``) in leases and slot rows."""
         return f"{socket.gethostname()}:{self.pid}:"
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM: drain what is in flight, give back leases and slots, exit."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: its leases and slots stay behind until they run out."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def pause(self) -> None:
-        """SIGSTOP: frozen with its sockets open, as a VM stall or a long GC pause would."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.terminate()
-            except subprocess.TimeoutExpired:
-                self.kill()
