@@ -1,22 +1,27 @@
 """Start the real processes on loopback: a fake upstream and ``lowtide serve``.
 
 Shared by the acceptance tests, the benchmarks and the chaos script, so that all of them
-drive the same thing a user runs.
+drive the same thing a user runs. Every process started here dies with the process that started
+it, even when that one is SIGKILLed (a test timeout, a killed benchmark): see ``spawn``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import orjson
 
@@ -42,6 +47,65 @@ def http_json(url: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         return orjson.loads(resp.read())
 
 
+# ------------------------------------------------------------------------------- children
+# A child left behind by a killed test run or benchmark holds its port, its files and CPU on a
+# shared machine. Linux can kill it for us: PR_SET_PDEATHSIG sends a signal to a child when its
+# parent dies, whatever the cause. Only the parent's death counts: the chaos script's own
+# SIGKILLs of a child and its restarts are untouched.
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties the child's life to ``parent``'s (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
+
+    def in_child() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between fork and prctl, too early to signal us: then we
+        # were handed to another process already, and must not start at all.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
+
+
+_Job: TypeAlias = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _run_spawner() -> None:
+    while True:
+        start, result = _jobs.get()
+        try:
+            result.set_result(start())
+        except BaseException as exc:  # handed to the caller, who raises it
+            result.set_exception(exc)
+
+
+def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **options)`` for a child that dies when this process dies.
+
+    The kernel's "parent" is the thread that forked the child, not the process: a child
+    forked by a short-lived thread (a pool's, a test's) would be killed as that thread ends.
+    So every child is forked by one daemon thread that lasts as long as the process does.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_run_spawner, name="harness-spawner", daemon=True)
+            _spawner.start()
+    preexec = _die_with_parent(os.getpid())
+    result: Future[subprocess.Popen[bytes]] = Future()
+    _jobs.put((lambda: subprocess.Popen(list(cmd), preexec_fn=preexec, **options), result))
+    return result.result()
+
+
 class Upstream:
     """The fake OpenAI-compatible server (``lowtide.testing.upstream``) as a process."""
 
@@ -57,7 +121,7 @@ class Upstream:
             *args,
         ]
         stderr = log.open("ab") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
+        self.proc = spawn(cmd, stdout=subprocess.PIPE, stderr=stderr)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
         if not line.startswith("LISTENING "):
@@ -173,9 +237,7 @@ class Lowtide(_Process):
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir
-            )
+            self.proc = spawn(cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
@@ -231,9 +293,7 @@ class Worker(_Process):
         cmd += self.extra_args
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir
-            )
+            self.proc = spawn(cmd, stdout=log, stderr=log, env=self.env, cwd=self.workdir)
         self._wait_started(offset, timeout)
 
     def _wait_started(self, offset: int, timeout: float) -> None:
