@@ -67,6 +67,7 @@ def outcome(claim: Claim, body_bytes: int) -> Outcome:
             error_code="invalid_request_error",
             error_message="Bad request.",
             attempts=1,
+            custom_id=claim.custom_id,
         )
     return Outcome(
         claim.batch_id,
@@ -79,6 +80,7 @@ def outcome(claim: Claim, body_bytes: int) -> Outcome:
         input_tokens=25,
         output_tokens=180,
         attempts=1,
+        custom_id=claim.custom_id,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowtide.domain import lines
 from lowtide.domain.records import BatchRecord, Pricing
 from lowtide.domain.validation import RequestLine
 from lowtide.domain.work import SUCCEEDED, Claim, Outcome
@@ -57,7 +58,7 @@ class PerRowPostgresStore(PostgresStore):
             for o in outcomes:
                 status = await conn.execute(
                     "UPDATE requests SET state = 2, lease_owner = NULL, attempts = $4,"
-                    " status_code = $5, request_id = $6, body = $7"
+                    " status_code = $5, request_id = $6, result = $7"
                     " WHERE batch_id = $1 AND line = $2 AND lease_epoch = $3 AND state = 1",
                     o.batch_id,
                     o.line,
@@ -65,7 +66,7 @@ class PerRowPostgresStore(PostgresStore):
                     o.attempts,
                     o.status_code,
                     o.request_id,
-                    o.body,
+                    lines.outcome_line(o),
                 )
                 if status.endswith(" 1"):
                     applied[o.batch_id] = applied.get(o.batch_id, 0) + 1
@@ -96,6 +97,7 @@ def outcome(claim: Claim) -> Outcome:
         input_tokens=20,
         output_tokens=40,
         attempts=claim.attempts + 1,
+        custom_id=claim.custom_id,
     )
 
 

@@ -242,11 +242,11 @@ def test_the_checker_reads_the_requests_table(tmp_path: Path) -> None:
             " 0, 0, 2, 2, 20, 2, 0, 0, 0.5, 'USD')"
         )
         for line, state in ((1, 2), (2, 1)):  # line 2 is still leased: not terminal
-            body = json.dumps(_result(f"c-{line - 1}", 10)["response"]["body"])
+            result = json.dumps(_result(f"c-{line - 1}", 10)) + "\n"
             conn.execute(
-                "INSERT INTO requests (batch_id, line, custom_id, offset, length, state, body)"
+                "INSERT INTO requests (batch_id, line, custom_id, offset, length, state, result)"
                 " VALUES ('batch_x', ?, ?, 0, 0, ?, ?)",
-                (line, f"c-{line - 1}", state, body),
+                (line, f"c-{line - 1}", state, result.encode()),
             )
         conn.commit()
     lines = [chat_line(f"c-{i}", "x") for i in range(2)]

@@ -15,15 +15,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 import pytest
 
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, Pricing, Usage
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
-from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, Claim, Outcome, RequestState, ResultRow
+from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, Claim, Outcome, RequestState
 from lowtide.store import Store, open_store, postgres
 from lowtide.store.pg_listen import APPLICATION_NAME
 from lowtide.store.sqlite import SQLiteStore
@@ -87,13 +88,23 @@ def done(claim: Claim, kind: str = SUCCEEDED, **changes: object) -> Outcome:
     elif kind == FAILED:
         fields |= {"status_code": 400, "error_code": "bad", "error_message": "no"}
     fields |= changes
+    fields.setdefault("custom_id", claim.custom_id)
     return Outcome(claim.batch_id, claim.line, claim.epoch, kind, **fields)  # type: ignore[arg-type]
 
 
-async def results(store: Store, batch_id: str) -> list[ResultRow]:
-    rows: list[ResultRow] = []
+class Row(NamedTuple):
+    """A ResultRow with names, for the assertions."""
+
+    line: int
+    state: int
+    custom_id: str | None  # only for a request without a result line
+    result: bytes | None
+
+
+async def results(store: Store, batch_id: str) -> list[Row]:
+    rows: list[Row] = []
     async for chunk in store.iter_results(batch_id):
-        rows.extend(chunk)
+        rows.extend(Row(*r) for r in chunk)
     return rows
 
 
@@ -361,13 +372,17 @@ async def test_outcomes_update_rows_counters_and_report_finished(store: Store) -
     assert batch.usage == Usage(10, 2, 5, 1)  # only the 2xx line is billed
     assert await store.record_outcomes([done(claims[2])], NOW) == ["batch_o"]
     rows = await results(store, "batch_o")
-    assert [r.state for r in rows] == [
-        RequestState.SUCCEEDED,
-        RequestState.FAILED,
-        RequestState.SUCCEEDED,
+    assert [(r.line, r.state) for r in rows] == [
+        (1, RequestState.SUCCEEDED),
+        (2, RequestState.FAILED),
+        (3, RequestState.SUCCEEDED),
     ]
-    assert (rows[0].status_code, rows[0].body, rows[0].request_id) == (200, b'{"ok":true}', "r-1")
-    assert (rows[1].status_code, rows[1].error_code, rows[1].error_message) == (400, "bad", "no")
+    # Each row keeps the result line rendered when its outcome was recorded.
+    first, second = (orjson.loads(r.result or b"") for r in rows[:2])
+    assert first["custom_id"] == "req-1" and first["error"] is None
+    assert first["response"] == {"status_code": 200, "request_id": "r-1", "body": {"ok": True}}
+    assert second["response"]["status_code"] == 400
+    assert second["error"] == {"code": "bad", "message": "no"}
     assert await store.record_outcomes([], NOW) == []
 
 
@@ -468,11 +483,12 @@ async def test_completed_batch_is_finalized_once(store: Store) -> None:
     assert await store.batches_to_finalize(now) == []  # leased by f1
 
     rows = await results(store, "batch_done")
-    assert [(r.line, r.custom_id, r.state) for r in rows] == [
-        (1, "req-1", RequestState.SUCCEEDED),
-        (2, "req-2", RequestState.FAILED),
-        (3, "req-3", RequestState.SUCCEEDED),
+    assert [(r.line, r.state) for r in rows] == [
+        (1, RequestState.SUCCEEDED),
+        (2, RequestState.FAILED),
+        (3, RequestState.SUCCEEDED),
     ]
+    assert [orjson.loads(r.result or b"")["custom_id"] for r in rows] == ["req-1", "req-2", "req-3"]
     output = file_rec("file-batch_output-1", purpose="batch_output")
     error = file_rec("file-batch_error-1", purpose="batch_output")
     assert not await store.finish_finalization(
@@ -540,9 +556,8 @@ async def test_cancelled_batch_waits_for_in_flight_then_fails_the_rest(store: St
     )
     assert final.output_file_id is None and final.error_file_id is None
     rows = await results(store, "batch_x")
-    assert [(r.state, r.error_code) for r in rows[2:]] == [
-        (RequestState.FAILED, "batch_cancelled")
-    ] * 3
+    # Lines that never ran are failed; their lines were rendered by the finaliser, not stored.
+    assert [(r.state, r.result) for r in rows[2:]] == [(RequestState.FAILED, None)] * 3
 
 
 async def test_expiry(store: Store) -> None:

@@ -11,7 +11,7 @@ from lowtide.backends.base import Reply, Unreachable
 from lowtide.backends.test_model import TestModelBackend
 from lowtide.domain import lines
 from lowtide.domain.records import Pricing, Usage
-from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, Claim, RequestState, ResultRow
+from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, Claim, Outcome
 from lowtide.engine import outcomes
 from lowtide.engine.router import Router
 
@@ -39,6 +39,11 @@ def test_success_keeps_usage_and_compacts_the_body():
     assert (outcome.input_tokens, outcome.output_tokens) == (12, 5)
     assert (outcome.cached_tokens, outcome.reasoning_tokens) == (4, 2)
     assert b"\n" not in (outcome.body or b"") and outcome.request_id == "chatcmpl-1"
+    assert orjson.loads(outcome.body or b"") == body
+    # A compact answer is kept byte for byte (key order, number spelling), less its newline.
+    compact = b'{"id":"chatcmpl-2","n":1.50,"usage":{"prompt_tokens":1}}'
+    kept = outcomes.from_reply(CLAIM, Reply(200, compact + b"\r\n", request_id=None), POLICY)
+    assert kept.body == compact
 
 
 def test_retryable_statuses_back_off_then_fail_with_the_backend_error():
@@ -99,21 +104,25 @@ def test_router_picks_least_in_flight_and_respects_ceilings_and_pauses():
 
 
 def test_result_lines_have_both_error_views_and_stable_ids():
-    ok = ResultRow(1, "a", RequestState.SUCCEEDED, 200, "r1", b'{"x":1}', None, None)
-    failed = ResultRow(2, "b", RequestState.FAILED, 400, "r2", b'{"error":{}}', "bad", "no")
-    unrun = ResultRow(3, "c", RequestState.PENDING, None, None, None, None, None)
-    is_out, line = lines.render("batch_x", ok, None)
-    assert is_out and orjson.loads(line)["response"]["body"] == {"x": 1}
-    is_out, line = lines.render("batch_x", failed, None)
+    ok = Outcome("batch_x", 1, 1, SUCCEEDED, 200, "r1", b'{"x":1}', custom_id="a")
+    failed = Outcome("batch_x", 2, 1, FAILED, 400, "r2", b"{}", "bad", "no", custom_id="b")
+    line = lines.outcome_line(ok)
+    assert line is not None and line.endswith(b"\n") and line.count(b"\n") == 1
     parsed = orjson.loads(line)
-    assert not is_out and parsed["response"]["status_code"] == 400
+    assert parsed["custom_id"] == "a" and parsed["error"] is None
+    assert parsed["response"] == {"status_code": 200, "request_id": "r1", "body": {"x": 1}}
+    parsed = orjson.loads(lines.outcome_line(failed) or b"")
+    assert parsed["response"]["status_code"] == 400
     assert parsed["error"] == {"code": "bad", "message": "no"}
+    retry = Outcome("batch_x", 2, 1, RETRY, custom_id="b")
+    assert lines.outcome_line(retry) is None  # a retry is not a result
     cancelled = (lines.CANCELLED_CODE, lines.CANCELLED_MESSAGE)
-    is_out, line = lines.render("batch_x", unrun, cancelled)
-    parsed = orjson.loads(line)
+    parsed = orjson.loads(lines.unrun_line("batch_x", 3, "c", cancelled))
     assert parsed["response"] is None and parsed["error"]["code"] == "batch_cancelled"
     assert parsed["id"] == lines.line_id("batch_x", 3) and parsed["id"].startswith("batch_req_")
     assert len(parsed["id"]) == len("batch_req_") + 24
+    expired = orjson.loads(lines.unrun_line("batch_x", 3, "c", None))
+    assert expired["error"]["code"] == lines.EXPIRED_CODE and expired["id"] == parsed["id"]
     assert line.endswith(b"\n") and line.count(b"\n") == 1
 
 

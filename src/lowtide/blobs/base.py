@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
 class BlobWriter(Protocol):
     async def write(self, data: bytes) -> None: ...
+
+    async def writelines(self, lines: Sequence[bytes]) -> None:
+        """Write the parts one after the other, without first joining them into one copy."""
 
     @property
     def size(self) -> int: ...

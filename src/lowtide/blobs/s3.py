@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -84,6 +84,10 @@ class _S3Writer:
                 # Hand the full buffer over rather than copy it: memory stays at one part.
                 part, self._buffer = self._buffer, bytearray()
                 await self._upload_part(part)
+
+    async def writelines(self, lines: Sequence[bytes]) -> None:
+        for line in lines:
+            await self.write(line)
 
     async def _upload_part(self, part: bytearray) -> None:
         store = self._store

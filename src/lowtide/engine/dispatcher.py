@@ -216,6 +216,7 @@ class Dispatcher:
                 claim.line,
                 claim.epoch,
                 FAILED,
+                custom_id=claim.custom_id,
                 attempts=claim.attempts,
                 error_code="input_unavailable",
                 error_message="The request could not be read from the input file.",
@@ -324,6 +325,7 @@ def _give_back_claim(claim: Claim, wait: float) -> Outcome:
         claim.line,
         claim.epoch,
         RETRY,
+        custom_id=claim.custom_id,
         attempts=claim.attempts,
         not_before=time.time() + wait,
     )

@@ -177,7 +177,14 @@ class Engine:
             batch_id = await self._finalize_queue.get()
             self._queued.discard(batch_id)
             async with self._holding(batch_id, "finalisation"):
-                if await finalize(self.store, self.blobs, batch_id, self.owner, self.lease):
+                if await finalize(
+                    self.store,
+                    self.blobs,
+                    batch_id,
+                    self.owner,
+                    self.lease,
+                    retention=self.settings.retention.batch_days * 86400,
+                ):
                     self._call_back(batch_id)
 
     @contextlib.asynccontextmanager

@@ -72,6 +72,7 @@ def _retry_or_fail(
         claim.line,
         claim.epoch,
         FAILED,
+        custom_id=claim.custom_id,
         attempts=attempts,
         status_code=status,
         error_code=code,
@@ -85,6 +86,7 @@ def _retry(claim: Claim, attempts: int, wait: float) -> Outcome:
         claim.line,
         claim.epoch,
         RETRY,
+        custom_id=claim.custom_id,
         attempts=attempts,
         not_before=time.time() + wait,
     )
@@ -102,11 +104,11 @@ def _succeeded(claim: Claim, attempts: int, reply: Reply, body: dict[str, Any]) 
         claim.line,
         claim.epoch,
         SUCCEEDED,
+        custom_id=claim.custom_id,
         attempts=attempts,
         status_code=reply.status,
         request_id=reply.request_id or _str(body.get("id")),
-        # Re-serialised compactly: a pretty-printed body would break the JSONL result file.
-        body=orjson.dumps(body),
+        body=_one_line(reply.body, body),
         input_tokens=prompt,
         output_tokens=completion,
         cached_tokens=_int(details_in.get("cached_tokens") if isinstance(details_in, dict) else 0),
@@ -124,12 +126,13 @@ def _http_failure(claim: Claim, attempts: int, reply: Reply, parsed: Any) -> Out
     else:
         code, message = f"http_{reply.status}", f"The backend answered HTTP {reply.status}."
     # The body is kept only if it is JSON; a raw HTML error page would break the JSONL line.
-    body = orjson.dumps(parsed) if parsed is not None else None
+    body = _one_line(reply.body, parsed) if parsed is not None else None
     return Outcome(
         claim.batch_id,
         claim.line,
         claim.epoch,
         FAILED,
+        custom_id=claim.custom_id,
         attempts=attempts,
         status_code=reply.status,
         request_id=reply.request_id,
@@ -137,6 +140,14 @@ def _http_failure(claim: Claim, attempts: int, reply: Reply, parsed: Any) -> Out
         error_code=code,
         error_message=message,
     )
+
+
+def _one_line(raw: bytes, parsed: Any) -> bytes:
+    """The answer as it goes into a result line: the backend's own bytes (they parsed as JSON)
+    unless they span lines, as pretty-printed JSON does, which would break the JSONL file;
+    then re-serialised compactly. Keeping the bytes saves a serialisation per request."""
+    stripped = raw.strip()  # a trailing newline is common, and harmless once removed
+    return stripped if b"\n" not in stripped else orjson.dumps(parsed)
 
 
 def _parse(body: bytes) -> Any:

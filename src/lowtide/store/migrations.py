@@ -6,18 +6,23 @@ once against a new or old database do not race: the first applies what is missin
 wait and then find nothing to do. ``schema_migrations`` records what was applied.
 
 Files: ``sql/postgres/schema.sql`` and ``sql/postgres/migrations/NNNN_name.sql``. A new
-migration changes both (a test checks they give the same schema). SQLite keeps its own
-approach: ``sql/sqlite.sql`` is applied with ``IF NOT EXISTS`` when the store opens.
+migration changes both (a test checks they give the same schema); a migration that needs
+lowtide's own code has a Python step in ``AFTER``, run in the same transaction. SQLite keeps
+its own approach: ``sql/sqlite.sql`` is applied with ``IF NOT EXISTS`` when the store opens,
+and ``PRAGMA user_version`` tells which changes an older file still needs (store/sqlite.py).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from lowtide import errors
+from lowtide.domain.status import TERMINAL
+from lowtide.store import rows
 
 #: ``pg_advisory_xact_lock`` key: "lowtide" in ASCII, so that it is recognisable in pg_locks.
 LOCK_KEY = 0x6C6F7774696465
@@ -95,12 +100,35 @@ async def upgrade(conn: Any, *, fresh_schema: bool = True) -> list[int]:
         else:
             for migration in todo:
                 await conn.execute(migration.sql)
+                if migration.version in AFTER:
+                    await AFTER[migration.version](conn)
         await conn.executemany(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
             [(m.version, m.name) for m in todo],
         )
         return [m.version for m in todo]
 
+
+async def _store_result_lines(conn: Any) -> None:
+    """Migration 3: render the result lines of batches still running from the columns that
+    schema 2 kept (the same renderer as new outcomes), then drop ``body``."""
+    terminal = [s.value for s in TERMINAL]
+    old = await conn.fetch(
+        "SELECT r.batch_id, r.line, r.custom_id, r.state, r.status_code, r.request_id, r.body,"
+        " r.error_code, r.error_message FROM requests r JOIN batches b ON b.id = r.batch_id"
+        " WHERE r.state IN (2, 3) AND b.status <> ALL($1::text[])",
+        terminal,
+    )
+    await conn.executemany(
+        "UPDATE requests SET result = $1 WHERE batch_id = $2 AND line = $3",
+        [(rows.legacy_result_line(r), r[0], r[1]) for r in old],
+    )
+    await conn.execute("ALTER TABLE requests DROP COLUMN body")
+
+
+#: Python steps run right after the SQL migration of the same version, in its transaction:
+#: for changes that need lowtide's own code (rendering result lines).
+AFTER: dict[int, Callable[[Any], Awaitable[None]]] = {3: _store_result_lines}
 
 _APPLIED = "SELECT COALESCE(array_agg(version), '{}') FROM schema_migrations"
 

@@ -26,11 +26,12 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 
 from lowtide import errors
+from lowtide.domain import lines
 from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import TERMINAL, Status
@@ -42,7 +43,6 @@ from lowtide.domain.work import (
     ActiveBatch,
     Claim,
     Outcome,
-    RequestState,
     ResultRow,
 )
 from lowtide.store import migrations, rows
@@ -426,10 +426,8 @@ class PostgresStore:
             result = await self._pool.fetch(_Q["results"], batch_id, last, _RESULT_CHUNK)
             if not result:
                 return
-            yield [
-                ResultRow(r[0], r[1], RequestState(r[2]), r[3], r[4], r[5], r[6], r[7])
-                for r in result
-            ]
+            # asyncpg's records unpack like the tuples a ResultRow is: no copy per row.
+            yield cast(list[ResultRow], result)
             last = result[-1][0]
 
     async def finish_finalization(
@@ -643,7 +641,7 @@ def _outcome_arrays(outcomes: Sequence[Outcome]) -> list[list[Any]]:
         [o.kind for o in outcomes],
         [o.status_code for o in outcomes],
         [o.request_id for o in outcomes],
-        [o.body for o in outcomes],
+        [lines.outcome_line(o) for o in outcomes],
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
         [o.input_tokens for o in outcomes],

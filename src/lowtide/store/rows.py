@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from lowtide.domain import ids
+from lowtide.domain import ids, lines
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, Pricing, Usage
 from lowtide.domain.status import TIMESTAMP_OF, Status
 from lowtide.domain.work import SUCCEEDED, Outcome, RequestState, ResultRow
@@ -201,12 +201,30 @@ DELTA_SQL = (
 
 
 def result_chunk(c: sqlite3.Connection, batch_id: str, after_line: int) -> list[ResultRow]:
-    result = c.execute(
-        "SELECT line, custom_id, state, status_code, request_id, body, error_code, error_message"
-        " FROM requests WHERE batch_id = ? AND line > ? ORDER BY line LIMIT 2000",
+    cursor = c.cursor()
+    cursor.row_factory = None  # plain tuples: they are the ResultRow
+    result: list[ResultRow] = cursor.execute(
+        "SELECT line, state, CASE WHEN result IS NULL THEN custom_id END, result FROM requests"
+        " WHERE batch_id = ? AND line > ? ORDER BY line LIMIT 2000",
         (batch_id, after_line),
     ).fetchall()
-    return [ResultRow(r[0], r[1], RequestState(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in result]
+    return result
+
+
+def legacy_result_line(r: Sequence[Any]) -> bytes:
+    """The result line of a request recorded by schema 2, from its columns ``batch_id, line,
+    custom_id, state, status_code, request_id, body, error_code, error_message``."""
+    return lines.answered_line(
+        r[0],
+        r[1],
+        r[2],
+        succeeded=r[3] == RequestState.SUCCEEDED,
+        status_code=r[4],
+        request_id=r[5],
+        body=r[6],
+        error_code=r[7],
+        error_message=r[8],
+    )
 
 
 def result_file_ids(files: Sequence[FileRecord]) -> tuple[str | None, str | None]:

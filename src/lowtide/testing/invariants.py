@@ -250,7 +250,7 @@ def _check_database(
         if batch is None:
             return [f"batch {batch_id} is not in the database"]
         rows = conn.execute(
-            "SELECT line, custom_id, state, body FROM requests WHERE batch_id = ? ORDER BY line",
+            "SELECT line, custom_id, state, result FROM requests WHERE batch_id = ? ORDER BY line",
             (batch_id,),
         ).fetchall()
     if not validated:
@@ -265,8 +265,11 @@ def _check_database(
         problems.append(f"{states[_SUCCEEDED]} succeeded rows, {outs} output lines")
     if int(batch["completed"]) != states[_SUCCEEDED] or int(batch["failed"]) != states[_FAILED]:
         problems.append("the batch's counters disagree with its request rows")
-    succeeded = (row["body"] for row in rows if int(row["state"]) == _SUCCEEDED)
-    in_rows = sum((line_tokens(_loads(body)) for body in succeeded), Tokens())
+    # Each row keeps its result line: the tokens billed must be those of the answers in them.
+    succeeded = (_loads(row["result"]) for row in rows if int(row["state"]) == _SUCCEEDED)
+    in_rows = sum(
+        (line_tokens(_body(r) if isinstance(r, dict) else None) for r in succeeded), Tokens()
+    )
     billed = Tokens(
         int(batch["input_tokens"]),
         int(batch["output_tokens"]),

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS requests (
     lease_until      REAL NOT NULL DEFAULT 0,
     status_code      INTEGER,
     request_id       TEXT,
-    body             BLOB,
+    result           BLOB,                 -- its output/error-file line, once it has one
     error_code       TEXT,
     error_message    TEXT,
     PRIMARY KEY (batch_id, line)

@@ -74,7 +74,7 @@ WITH o AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::int[],
         $6::text[], $7::bytea[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
         $12::bigint[], $13::bigint[], $14::float8[], $15::int[])
-    AS o(batch_id, line, epoch, kind, status_code, request_id, body, error_code,
+    AS o(batch_id, line, epoch, kind, status_code, request_id, result, error_code,
          error_message, input_tokens, cached_tokens, output_tokens, reasoning_tokens,
          not_before, attempts)),
 locked AS MATERIALIZED (
@@ -88,7 +88,7 @@ applied AS (
         not_before = CASE WHEN o.kind = 'retry' THEN o.not_before ELSE r.not_before END,
         status_code = CASE WHEN o.kind = 'retry' THEN r.status_code ELSE o.status_code END,
         request_id = CASE WHEN o.kind = 'retry' THEN r.request_id ELSE o.request_id END,
-        body = CASE WHEN o.kind = 'retry' THEN r.body ELSE o.body END,
+        result = CASE WHEN o.kind = 'retry' THEN r.result ELSE o.result END,
         error_code = CASE WHEN o.kind = 'retry' THEN r.error_code ELSE o.error_code END,
         error_message = CASE WHEN o.kind = 'retry' THEN r.error_message ELSE o.error_message END
     FROM o JOIN locked l USING (batch_id, line)
@@ -200,7 +200,7 @@ WHERE id = (
 RETURNING *
 
 -- name: results
-SELECT line, custom_id, state, status_code, request_id, body, error_code, error_message
+SELECT line, state, CASE WHEN result IS NULL THEN custom_id END, result
 FROM requests WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3
 
 -- name: fail_unrun

@@ -82,7 +82,7 @@ CREATE TABLE requests (
     lease_until      double precision NOT NULL DEFAULT 0,
     status_code      integer,
     request_id       text,
-    body             bytea,
+    result           bytea,                -- its output/error-file line, once it has one
     error_code       text,
     error_message    text,
     PRIMARY KEY (batch_id, line)
