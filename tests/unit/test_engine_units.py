@@ -58,6 +58,15 @@ def test_retryable_statuses_back_off_then_fail_with_the_backend_error():
     assert (outcome.error_code, outcome.error_message) == ("server_busy", "overloaded")
 
 
+def test_an_unreadable_input_line_is_retried_then_fails_as_input_unavailable():
+    first = outcomes.from_unreadable_input(CLAIM, "cannot read", POLICY)
+    assert first.kind == RETRY and first.attempts == 1
+    last = Claim("batch_x", 7, "c7", 0, 10, attempts=POLICY.max_attempts - 1, epoch=3)
+    failed = outcomes.from_unreadable_input(last, "cannot read", POLICY)
+    assert failed.kind == FAILED and failed.error_code == "input_unavailable"
+    assert failed.custom_id == "c7" and failed.attempts == POLICY.max_attempts
+
+
 def test_retry_after_waits_without_spending_an_attempt():
     outcome = outcomes.from_reply(CLAIM, reply(429, {}, retry_after=2.0), POLICY)
     assert outcome.kind == RETRY and outcome.attempts == 0

@@ -211,16 +211,8 @@ class Dispatcher:
             raw = await self.blobs.read_range(batch.input_blob_key, claim.offset, claim.length)
         except errors.StorageError as exc:
             logger.error("cannot read request %s:%d: %s", batch.id, claim.line, exc)
-            return Outcome(
-                claim.batch_id,
-                claim.line,
-                claim.epoch,
-                FAILED,
-                custom_id=claim.custom_id,
-                attempts=claim.attempts,
-                error_code="input_unavailable",
-                error_message="The request could not be read from the input file.",
-            )
+            message = "The request could not be read from the input file."
+            return outcomes.from_unreadable_input(claim, message, self.policy)
         body = _request_body(raw, slot.backend.model_name(batch.model))
         if slot.capacity() == 0:
             # Our share of a fleet-wide ceiling ran out while the line was read (this worker
