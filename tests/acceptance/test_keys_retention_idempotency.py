@@ -336,6 +336,9 @@ def test_retention_period_is_configurable(make_server):
     db_execute(server, "UPDATE batches SET created_at = created_at - 60 * 86400")
     assert alice.batches.retrieve(batch.id).id == batch.id
     assert [b.id for b in alice.batches.list()] == [batch.id]
+    # Result files the batch did not set an expiry for are kept as long as the batch.
+    output = alice.files.retrieve(batch.output_file_id or "")
+    assert output.expires_at == output.created_at + 90 * 86400
 
 
 def test_sweeper_deletes_expired_files_and_frees_the_quota(make_server):
@@ -405,3 +408,33 @@ def test_deleting_the_input_of_a_running_batch_does_not_break_it(make_server, up
     assert done.status == "completed" and done.request_counts.completed == 60
     assert_each_once(lines, *read_results(alice, done))
     eventually(lambda: not blob.exists(), "the deleted input's bytes go once the batch ended")
+
+
+def test_deleting_the_input_of_a_batch_not_yet_validated_does_not_break_it(make_server, upstream):
+    # Without its engine (--api-only) the server leaves batches validating, so the delete
+    # surely comes first; the same server then restarts with its engine on the same data.
+    server = make_server(upstream, extra=FAST_SWEEP, extra_args=("--api-only",))
+    alice = client(server, ALICE)
+    lines = [chat_line(f"v{i}", f"question {i}") for i in range(20)]
+    upload = alice.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    create = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    batch = alice.batches.create(input_file_id=upload.id, **create)
+    assert alice.files.delete(upload.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(upload.id)
+    assert alice.files.list().data == []  # gone for the account at once
+    late = alice.batches.create(input_file_id=upload.id, **create)  # made after the delete
+    blob = server.workdir / "data" / "files" / "inputs" / upload.id
+    assert blob.exists()
+
+    server.stop()
+    server.extra_args = []
+    server.start()
+    done = wait_for(alice, batch.id, timeout=120)
+    assert done.status == "completed" and done.request_counts.completed == 20
+    assert_each_once(lines, *read_results(alice, done))
+    refused = wait_for(alice, late.id)
+    assert refused.status == "failed" and refused.errors is not None
+    assert refused.errors.data[0].message.startswith(f"Cannot find file {upload.id}")
+    eventually(lambda: not blob.exists(), "the deleted input's bytes go once no batch needs them")
+    assert db_execute(server, "SELECT COUNT(*) FROM kept_inputs") == [(0,)]

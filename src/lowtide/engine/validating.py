@@ -28,13 +28,13 @@ async def validate_batch(
 ) -> bool:
     """Validate one claimed batch; True if it moved to in_progress."""
     started = time.monotonic()
-    file = await store.get_file(batch.account, batch.input_file_id)
-    if file is None or file.purpose != "batch":
-        problem = _file_problem(batch, file.purpose if file else None)
+    source = await _input_of(store, batch)
+    if source is None or source[0] != "batch":
+        problem = _file_problem(batch, source[0] if source else None)
         await store.fail_validation(batch.id, owner, [problem], int(time.time()))
         return False
     validator = validation.Validator(batch.endpoint, serves, limits)
-    async for chunk in blobs.stream(file.blob_key):
+    async for chunk in blobs.stream(source[1]):
         validator.feed(chunk)
     result = validator.finish()
     metrics.VALIDATION_SECONDS.observe(time.monotonic() - started)
@@ -58,6 +58,19 @@ async def validate_batch(
     return await store.finish_validation(
         batch.id, owner, result.requests, result.model, pricing_of(result.model), now
     )
+
+
+async def _input_of(store: Store, batch: BatchRecord) -> tuple[str, str] | None:
+    """(purpose, blob key) of the batch's input file, if it has one.
+
+    A file deleted after the batch was created is still its input: the delete kept it for
+    the batch (``Store.kept_input``), which is asked second so that a delete committed
+    between the two reads is seen by one of them.
+    """
+    file = await store.get_file(batch.account, batch.input_file_id)
+    if file is not None:
+        return file.purpose, file.blob_key
+    return await store.kept_input(batch.id)
 
 
 def _file_problem(batch: BatchRecord, purpose: str | None) -> JsonDict:

@@ -51,7 +51,12 @@ class Store(Protocol):
 
     async def delete_file(self, account: str, file_id: str) -> FileRecord | None:
         """Forget the file and queue its bytes for deletion (``blobs_to_delete``), in one
-        transaction; returns it."""
+        transaction; returns it. The account's batches still validating keep it as their
+        input (``kept_input``)."""
+
+    async def kept_input(self, batch_id: str) -> tuple[str, str] | None:
+        """(purpose, blob key) of the batch's input file if that file was deleted while the
+        batch was validating (its bytes stay until no live batch reads them)."""
 
     async def file_usage(self, account: str) -> tuple[int, int]:
         """(number of files, bytes stored) of an account."""
@@ -209,7 +214,7 @@ class Store(Protocol):
         stays readable by its running batch until that batch ends)."""
 
     async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
-        """The blobs are gone: take them off the queue."""
+        """The blobs are gone: take them off the queue (and forget the inputs they kept)."""
 
     async def retire_batches(self, created_before: int, limit: int) -> int:
         """Delete the request rows of up to ``limit`` terminal batches created before

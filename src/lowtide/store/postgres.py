@@ -190,10 +190,27 @@ class PostgresStore:
             )
             if row is None:
                 return None
+            # Batches created before the delete still validate from its bytes, which stay
+            # queued until no live batch reads them.
+            await conn.execute(
+                "INSERT INTO kept_inputs (batch_id, purpose, blob_key) SELECT id, $1, $2"
+                " FROM batches WHERE input_file_id = $3 AND account = $4 AND status = $5",
+                row["purpose"],
+                row["blob_key"],
+                file_id,
+                account,
+                Status.VALIDATING.value,
+            )
             await _queue_blob_deletions(conn, [(row["blob_key"], file_id)])
             return rows.file_from_row(row)
 
         return await self._run(delete)
+
+    async def kept_input(self, batch_id: str) -> tuple[str, str] | None:
+        row = await self._pool.fetchrow(
+            "SELECT purpose, blob_key FROM kept_inputs WHERE batch_id = $1", batch_id
+        )
+        return (row[0], row[1]) if row is not None else None
 
     async def file_usage(self, account: str) -> tuple[int, int]:
         row = await self._pool.fetchrow(
@@ -554,7 +571,9 @@ class PostgresStore:
 
     async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
         await self._pool.execute(
-            "DELETE FROM blob_deletions WHERE blob_key = ANY($1::text[])", list(blob_keys)
+            "WITH kept AS (DELETE FROM kept_inputs WHERE blob_key = ANY($1::text[]))"
+            " DELETE FROM blob_deletions WHERE blob_key = ANY($1::text[])",
+            list(blob_keys),
         )
 
     async def retire_batches(self, created_before: int, limit: int) -> int:

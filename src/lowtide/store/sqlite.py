@@ -196,10 +196,26 @@ class SQLiteStore:
             if row is None:
                 return None
             c.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            # Batches created before the delete still validate from its bytes, which stay
+            # queued until no live batch reads them.
+            c.execute(
+                "INSERT INTO kept_inputs (batch_id, purpose, blob_key) SELECT id, ?, ?"
+                " FROM batches WHERE input_file_id = ? AND account = ? AND status = ?",
+                (row["purpose"], row["blob_key"], file_id, account, Status.VALIDATING.value),
+            )
             _queue_blob_deletions(c, [(row["blob_key"], file_id)])
             return rows.file_from_row(row)
 
         return await self._write(delete)
+
+    async def kept_input(self, batch_id: str) -> tuple[str, str] | None:
+        def fetch(c: sqlite3.Connection) -> tuple[str, str] | None:
+            row = c.execute(
+                "SELECT purpose, blob_key FROM kept_inputs WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            return (row[0], row[1]) if row else None
+
+        return await self._read(fetch)
 
     async def file_usage(self, account: str) -> tuple[int, int]:
         def fetch(c: sqlite3.Connection) -> tuple[int, int]:
@@ -670,9 +686,8 @@ class SQLiteStore:
 
     async def forget_blob_deletions(self, blob_keys: Sequence[str]) -> None:
         def forget(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "DELETE FROM blob_deletions WHERE blob_key = ?", ((k,) for k in blob_keys)
-            )
+            for table in ("blob_deletions", "kept_inputs"):
+                c.executemany(f"DELETE FROM {table} WHERE blob_key = ?", ((k,) for k in blob_keys))
 
         await self._write(forget)
 

@@ -121,5 +121,15 @@ CREATE TABLE IF NOT EXISTS blob_deletions (
     queued_at   INTEGER NOT NULL
 );
 
+-- Input files deleted while a batch that reads them was still validating: the batch validates
+-- from these bytes all the same. They stay queued in blob_deletions until no live batch reads
+-- them, and this row goes when they do.
+CREATE TABLE IF NOT EXISTS kept_inputs (
+    batch_id    TEXT PRIMARY KEY,
+    purpose     TEXT NOT NULL,
+    blob_key    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kept_inputs_by_blob ON kept_inputs (blob_key);
+
 CREATE INDEX IF NOT EXISTS files_expiring ON files (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS batches_by_age ON batches (created_at);
