@@ -72,7 +72,7 @@ def serve(
         )
         setup_logging(settings.server.log_level, log_format)
         check_exposure(settings)
-        server = build_server(settings, with_engine=not api_only)
+        server = build_server(settings, with_engine=not api_only, engine_thread=True)
     except errors.ConfigError as exc:
         raise click.ClickException(exc.message) from exc
     config = uvicorn.Config(
@@ -96,7 +96,16 @@ def serve(
     # place before it started: make that a clean exit, since the drain already happened.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.Server(config).run()
+    web = uvicorn.Server(config)
+    engine = server.engine_thread
+    if engine is not None:
+        # An API whose engine died would take batches that never run: stop serving instead
+        # (uvicorn checks the flag every 100 ms), and exit non-zero so that a supervisor
+        # restarts the process.
+        engine.on_failure = lambda _exc: setattr(web, "should_exit", True)
+    web.run()
+    if engine is not None and engine.failure is not None:
+        raise click.ClickException("the engine stopped working (see the log above)")
 
 
 cli.add_command(convert_group, name="convert")

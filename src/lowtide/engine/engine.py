@@ -145,6 +145,13 @@ class Engine:
         released = await self.store.release_leases(self.owner)
         logger.info("engine stopped; %d requests released for the next run", released)
 
+    async def wait_ended(self) -> asyncio.Task[None]:
+        """Return the first side task to end. Before ``stop()`` none should: one that did
+        (it returned, or a ``BaseException`` its guard lets through ended it) means the engine
+        no longer works, however healthy the process looks."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        return done.pop()
+
     def wake(self) -> None:
         """A batch was created or cancelled: look at once rather than at the next poll."""
         self._validate_wake.set()
