@@ -1,4 +1,5 @@
-"""Unit tests of the engine's pure parts: outcomes, the router, result lines, pricing."""
+"""Unit tests of the pure parts of the engine and store: outcomes, the router, result lines,
+pricing, result chunk sizes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lowtide.domain.records import Pricing, Usage
 from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, Claim, Outcome
 from lowtide.engine import outcomes
 from lowtide.engine.router import Router
+from lowtide.store import rows
 
 CLAIM = Claim("batch_x", line=7, custom_id="c7", offset=0, length=10, attempts=0, epoch=3)
 POLICY = outcomes.RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02)
@@ -145,3 +147,13 @@ def test_cost_is_batch_priced_with_reasoning_as_output():
     )
     assert pricing.cost(usage) == pytest.approx((0.8 + 4.0) * 0.5)
     assert usage.to_api()["total_tokens"] == 3_000_000
+
+
+def test_result_chunks_hold_about_the_same_bytes_whatever_the_line_size():
+    size = rows.ChunkSize(target=1_000_000, most=2000, least=16)
+    assert size.rows == 128
+    small = [(i, 2, None, b"x" * 1_000) for i in range(128)]
+    assert size.after(small) == 1000  # 1 MB of 1 KB lines
+    big = [(i, 2, None, b"x" * 100_000) for i in range(1000)]
+    assert size.after(big) == 16  # at least a few rows per read
+    assert size.after([(1, 0, "c", None)]) == 2000  # lines that never ran weigh nothing

@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ATTEMPTS = 5  # tries of a transaction that lost a deadlock or serialisation conflict
-_RESULT_CHUNK = 2000
 _TERMINAL = [s.value for s in TERMINAL]
 
 
@@ -438,14 +437,16 @@ class PostgresStore:
         await self._pool.execute(_Q["drop_batch_lease"], batch_id, owner)
 
     async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
-        last = 0
+        last, size = 0, rows.ChunkSize()
         while True:
-            result = await self._pool.fetch(_Q["results"], batch_id, last, _RESULT_CHUNK)
+            result = await self._pool.fetch(_Q["results"], batch_id, last, size.rows)
             if not result:
                 return
             # asyncpg's records unpack like the tuples a ResultRow is: no copy per row.
-            yield cast(list[ResultRow], result)
-            last = result[-1][0]
+            chunk = cast(list[ResultRow], result)
+            yield chunk
+            last = chunk[-1][0]
+            size.after(chunk)
 
     async def finish_finalization(
         self,

@@ -200,13 +200,31 @@ DELTA_SQL = (
 )
 
 
-def result_chunk(c: sqlite3.Connection, batch_id: str, after_line: int) -> list[ResultRow]:
+class ChunkSize:
+    """How many result rows to read next, so that a chunk holds about ``target`` bytes of
+    lines whatever their size: 2,000 rows of 1 KB answers, far fewer of 100 KB ones (2,000 of
+    those would hold 200 MB in memory while the finaliser writes them)."""
+
+    def __init__(self, target: int = 4 << 20, most: int = 2000, least: int = 16) -> None:
+        self.target, self.most, self.least = target, most, least
+        self.rows = 128  # a first guess that stays small however large the lines are
+
+    def after(self, chunk: Sequence[ResultRow]) -> int:
+        size = sum(len(r[3]) for r in chunk if r[3] is not None) or 1
+        fit = self.target * len(chunk) // size
+        self.rows = max(self.least, min(self.most, fit))
+        return self.rows
+
+
+def result_chunk(
+    c: sqlite3.Connection, batch_id: str, after_line: int, limit: int
+) -> list[ResultRow]:
     cursor = c.cursor()
     cursor.row_factory = None  # plain tuples: they are the ResultRow
     result: list[ResultRow] = cursor.execute(
         "SELECT line, state, CASE WHEN result IS NULL THEN custom_id END, result FROM requests"
-        " WHERE batch_id = ? AND line > ? ORDER BY line LIMIT 2000",
-        (batch_id, after_line),
+        " WHERE batch_id = ? AND line > ? ORDER BY line LIMIT ?",
+        (batch_id, after_line, limit),
     ).fetchall()
     return result
 

@@ -519,15 +519,17 @@ class SQLiteStore:
         await self._write(lambda c: _drop_batch_lease(c, batch_id, owner))
 
     async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
-        last = 0
+        last, size = 0, rows.ChunkSize()
         while True:
-            chunk = await self._read(
-                functools.partial(rows.result_chunk, batch_id=batch_id, after_line=last)
+            read = functools.partial(
+                rows.result_chunk, batch_id=batch_id, after_line=last, limit=size.rows
             )
+            chunk = await self._read(read)
             if not chunk:
                 return
             yield chunk
             last = chunk[-1][0]
+            size.after(chunk)
 
     async def finish_finalization(
         self,
