@@ -64,6 +64,7 @@ def serve(
     """
     import uvicorn
 
+    from lowtide.api.serving import tune_serving
     from lowtide.server import build_server, check_exposure
 
     try:
@@ -75,6 +76,7 @@ def serve(
         server = build_server(settings, with_engine=not api_only, engine_thread=True)
     except errors.ConfigError as exc:
         raise click.ClickException(exc.message) from exc
+    tune_serving()  # cheaper uploads: malloc thresholds, uvicorn's body buffer (api/serving.py)
     config = uvicorn.Config(
         server.app,
         host=settings.server.host,
