@@ -33,8 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: The GIL switch interval while the engine has a thread of its own: how long the API's thread
 #: waits, at most, for a GIL that the engine does not give up by itself (Python's default is
-#: 5 ms). 1 ms cost no measurable dispatch CPU, and kept the API's p99 a little steadier.
-SWITCH_INTERVAL = 0.001
+#: 5 ms), several times per API call. Measured with bench/control_plane.py and bench/dispatch.py
+#: in one sitting (busy p99 of retrieve / list; dispatch CPU per request): 1 ms 23-28 / 35-40
+#: ms, 175-200 µs; 0.2 ms 20-23 / 24-27 ms, 167-173 µs; 0.05 ms 15 / 20 ms but 204 µs and 13%
+#: less throughput (the SQLite threads then take the GIL from the engine far more often).
+SWITCH_INTERVAL = 0.0002
 
 
 def build_router(settings: Settings) -> Router:
