@@ -4,47 +4,23 @@ and PostgreSQL alike."""
 
 from __future__ import annotations
 
-import time
-
-from lowtide.domain.records import BatchRecord, FileRecord
+from lowtide.domain.records import BatchRecord
 from lowtide.store import Store
-
-NOW = int(time.time())
-
-
-def file_rec(file_id: str, account: str = "alice", purpose: str = "batch") -> FileRecord:
-    return FileRecord(
-        id=file_id,
-        account=account,
-        purpose=purpose,
-        filename=f"{file_id}.jsonl",
-        bytes=100,
-        created_at=NOW,
-        blob_key=f"inputs/{file_id}",
-        expires_at=None,
-    )
+from tests.integration.test_store import batch_rec, file_rec
 
 
-def batch_rec(batch_id: str, file_id: str, account: str = "alice") -> BatchRecord:
-    return BatchRecord(
-        id=batch_id,
-        account=account,
-        endpoint="/v1/chat/completions",
-        input_file_id=file_id,
-        completion_window="24h",
-        created_at=NOW,
-        expires_at=NOW + 86400,
-    )
+def batch_of(batch_id: str, file_id: str, account: str = "alice") -> BatchRecord:
+    return batch_rec(batch_id, account, input_file_id=file_id)
 
 
 async def test_delete_keeps_the_input_of_batches_still_validating(store: Store) -> None:
     await store.create_file(file_rec("file-batch-in"))
-    await store.create_batch(batch_rec("batch_before", "file-batch-in"))
-    await store.create_batch(batch_rec("batch_bob", "file-batch-in", account="bob"))
+    await store.create_batch(batch_of("batch_before", "file-batch-in"))
+    await store.create_batch(batch_of("batch_bob", "file-batch-in", account="bob"))
     assert await store.kept_input("batch_before") is None  # the file is still there
 
     assert await store.delete_file("alice", "file-batch-in") == file_rec("file-batch-in")
-    await store.create_batch(batch_rec("batch_after", "file-batch-in"))
+    await store.create_batch(batch_of("batch_after", "file-batch-in"))
 
     assert await store.get_file("alice", "file-batch-in") is None
     assert await store.file_usage("alice") == (0, 0)
@@ -57,7 +33,7 @@ async def test_delete_keeps_the_input_of_batches_still_validating(store: Store) 
 
 async def test_kept_input_keeps_the_purpose_and_goes_with_the_bytes(store: Store) -> None:
     await store.create_file(file_rec("file-user-x", purpose="user_data"))
-    await store.create_batch(batch_rec("batch_x", "file-user-x"))
+    await store.create_batch(batch_of("batch_x", "file-user-x"))
     await store.delete_file("alice", "file-user-x")
     assert await store.kept_input("batch_x") == ("user_data", "inputs/file-user-x")
 
