@@ -4,9 +4,11 @@ and PostgreSQL alike."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from lowtide.domain.records import BatchRecord
 from lowtide.store import Store
-from tests.integration.test_store import batch_rec, file_rec
+from tests.integration.test_store import NOW, batch_rec, file_rec
 
 
 def batch_of(batch_id: str, file_id: str, account: str = "alice") -> BatchRecord:
@@ -46,3 +48,13 @@ async def test_a_file_no_batch_validates_keeps_nothing(store: Store) -> None:
     await store.delete_file("alice", "file-batch-lone")
     assert await store.blobs_to_delete(10) == ["inputs/file-batch-lone"]
     assert await store.kept_input("batch_none") is None
+
+
+async def test_an_expired_file_is_kept_for_the_batches_still_validating(store: Store) -> None:
+    expiring = dataclasses.replace(file_rec("file-batch-exp"), expires_at=NOW - 1)
+    await store.create_file(expiring)
+    await store.create_batch(batch_of("batch_exp", "file-batch-exp"))
+    assert await store.expire_files(NOW, 10) == 1
+    assert await store.get_file("alice", "file-batch-exp") is None
+    assert await store.kept_input("batch_exp") == ("batch", "inputs/file-batch-exp")
+    assert await store.blobs_to_delete(10) == []  # its batch still reads the bytes

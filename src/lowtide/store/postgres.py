@@ -189,18 +189,7 @@ class PostgresStore:
             )
             if row is None:
                 return None
-            # Batches created before the delete still validate from its bytes, which stay
-            # queued until no live batch reads them.
-            await conn.execute(
-                "INSERT INTO kept_inputs (batch_id, purpose, blob_key) SELECT id, $1, $2"
-                " FROM batches WHERE input_file_id = $3 AND account = $4 AND status = $5",
-                row["purpose"],
-                row["blob_key"],
-                file_id,
-                account,
-                Status.VALIDATING.value,
-            )
-            await _queue_blob_deletions(conn, [(row["blob_key"], file_id)])
+            await _forget_files(conn, [(row["blob_key"], file_id, row["purpose"], account)])
             return rows.file_from_row(row)
 
         return await self._run(delete)
@@ -562,7 +551,7 @@ class PostgresStore:
     async def expire_files(self, now: int, limit: int) -> int:
         async def expire(conn: Any) -> int:
             gone = await conn.fetch(_Q["expire_files"], now, limit)
-            await _queue_blob_deletions(conn, [(r[0], r[1]) for r in gone])
+            await _forget_files(conn, [(r[0], r[1], r[2], r[3]) for r in gone])
             return len(gone)
 
         return await self._run(expire)
@@ -608,6 +597,29 @@ async def _claim_key(conn: Any, claim: IdempotencyClaim) -> IdempotencyRecord | 
         _Q["find_idempotency"], claim.account, claim.kind, claim.key, claim.stale_before
     )
     return IdempotencyRecord(*row)
+
+
+async def _forget_files(conn: Any, files: list[tuple[str, str, str, str]]) -> None:
+    """The rows of these files (blob key, file id, purpose, account) are gone, deleted or
+    expired: queue their bytes for the sweeper, and keep them as the input of the account's
+    batches still validating, which were created while the file existed (the bytes stay
+    queued until no live batch reads them)."""
+    if not files:
+        return
+    await conn.execute(
+        "INSERT INTO kept_inputs (batch_id, purpose, blob_key)"
+        " SELECT b.id, f.purpose, f.blob_key"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        " AS f (blob_key, file_id, purpose, account)"
+        " JOIN batches b ON b.input_file_id = f.file_id AND b.account = f.account"
+        " WHERE b.status = $5",
+        [f[0] for f in files],
+        [f[1] for f in files],
+        [f[2] for f in files],
+        [f[3] for f in files],
+        Status.VALIDATING.value,
+    )
+    await _queue_blob_deletions(conn, [(f[0], f[1]) for f in files])
 
 
 async def _queue_blob_deletions(conn: Any, blobs: list[tuple[str, str]]) -> None:

@@ -196,14 +196,7 @@ class SQLiteStore:
             if row is None:
                 return None
             c.execute("DELETE FROM files WHERE id = ?", (file_id,))
-            # Batches created before the delete still validate from its bytes, which stay
-            # queued until no live batch reads them.
-            c.execute(
-                "INSERT INTO kept_inputs (batch_id, purpose, blob_key) SELECT id, ?, ?"
-                " FROM batches WHERE input_file_id = ? AND account = ? AND status = ?",
-                (row["purpose"], row["blob_key"], file_id, account, Status.VALIDATING.value),
-            )
-            _queue_blob_deletions(c, [(row["blob_key"], file_id)])
+            _forget_files(c, [(row["blob_key"], file_id, row["purpose"], account)])
             return rows.file_from_row(row)
 
         return await self._write(delete)
@@ -666,10 +659,10 @@ class SQLiteStore:
         def expire(c: sqlite3.Connection) -> int:
             gone = c.execute(
                 "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE expires_at <= ?"
-                " ORDER BY expires_at LIMIT ?) RETURNING blob_key, id",
+                " ORDER BY expires_at LIMIT ?) RETURNING blob_key, id, purpose, account",
                 (now, limit),
             ).fetchall()
-            _queue_blob_deletions(c, [(r[0], r[1]) for r in gone])
+            _forget_files(c, [(r[0], r[1], r[2], r[3]) for r in gone])
             return len(gone)
 
         return await self._write(expire)
@@ -741,6 +734,22 @@ def _claim_key(c: sqlite3.Connection, claim: IdempotencyClaim) -> IdempotencyRec
         (claim.account, claim.kind, claim.key),
     ).fetchone()
     return IdempotencyRecord(*row)
+
+
+def _forget_files(c: sqlite3.Connection, files: list[tuple[str, str, str, str]]) -> None:
+    """The rows of these files (blob key, file id, purpose, account) are gone, deleted or
+    expired: queue their bytes for the sweeper, and keep them as the input of the account's
+    batches still validating, which were created while the file existed (the bytes stay
+    queued until no live batch reads them)."""
+    c.executemany(
+        "INSERT INTO kept_inputs (batch_id, purpose, blob_key) SELECT id, ?, ? FROM batches"
+        " WHERE input_file_id = ? AND account = ? AND status = ?",
+        [
+            (purpose, key, file_id, acct, Status.VALIDATING.value)
+            for key, file_id, purpose, acct in files
+        ],
+    )
+    _queue_blob_deletions(c, [(f[0], f[1]) for f in files])
 
 
 def _queue_blob_deletions(c: sqlite3.Connection, blobs: list[tuple[str, str]]) -> None:

@@ -242,7 +242,7 @@ WITH due AS MATERIALIZED (
     SELECT id FROM files WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
     FOR UPDATE SKIP LOCKED)
 DELETE FROM files f USING due d WHERE f.id = d.id
-RETURNING f.blob_key, f.id
+RETURNING f.blob_key, f.id, f.purpose, f.account
 
 -- name: blobs_to_delete
 SELECT d.blob_key FROM blob_deletions d WHERE NOT EXISTS (
