@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
 
 from starlette.routing import Match
@@ -132,3 +133,31 @@ class RateLimitHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class ApiPrecedence:
+    """While the API answers a request, the engine's thread (same process, same GIL) gives the
+    GIL up every ``interval`` seconds instead of every switch interval, so that the request
+    waits less each time it needs the GIL back; once no request is in flight, the interval
+    set before is restored. Dispatch pays the shorter interval only during API calls.
+    """
+
+    def __init__(self, app: ASGIApp, interval: float) -> None:
+        self.app, self.interval = app, interval
+        self._in_flight = 0
+        self._saved = sys.getswitchinterval()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._in_flight == 0:
+            self._saved = sys.getswitchinterval()
+            sys.setswitchinterval(self.interval)
+        self._in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                sys.setswitchinterval(self._saved)
