@@ -425,17 +425,13 @@ class PostgresStore:
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._pool.execute(_Q["drop_batch_lease"], batch_id, owner)
 
-    async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
-        last, size = 0, rows.ChunkSize()
-        while True:
-            result = await self._pool.fetch(_Q["results"], batch_id, last, size.rows)
-            if not result:
-                return
+    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+        async def fetch(after_line: int, limit: int) -> list[ResultRow]:
+            result = await self._pool.fetch(_Q["results"], batch_id, after_line, limit)
             # asyncpg's records unpack like the tuples a ResultRow is: no copy per row.
-            chunk = cast(list[ResultRow], result)
-            yield chunk
-            last = chunk[-1][0]
-            size.after(chunk)
+            return cast(list[ResultRow], result)
+
+        return rows.result_chunks(fetch)
 
     async def finish_finalization(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +214,18 @@ class ChunkSize:
         fit = self.target * len(chunk) // size
         self.rows = max(self.least, min(self.most, fit))
         return self.rows
+
+
+async def result_chunks(
+    fetch: Callable[[int, int], Awaitable[list[ResultRow]]],
+) -> AsyncIterator[list[ResultRow]]:
+    """A batch's result rows in line order, a chunk at a time: ``fetch(after_line, limit)``
+    reads the next rows of one store, sized by ``ChunkSize``."""
+    last, size = 0, ChunkSize()
+    while chunk := await fetch(last, size.rows):
+        yield chunk
+        last = chunk[-1][0]
+        size.after(chunk)
 
 
 def result_chunk(

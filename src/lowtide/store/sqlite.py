@@ -511,18 +511,14 @@ class SQLiteStore:
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._write(lambda c: _drop_batch_lease(c, batch_id, owner))
 
-    async def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
-        last, size = 0, rows.ChunkSize()
-        while True:
+    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+        async def fetch(after_line: int, limit: int) -> list[ResultRow]:
             read = functools.partial(
-                rows.result_chunk, batch_id=batch_id, after_line=last, limit=size.rows
+                rows.result_chunk, batch_id=batch_id, after_line=after_line, limit=limit
             )
-            chunk = await self._read(read)
-            if not chunk:
-                return
-            yield chunk
-            last = chunk[-1][0]
-            size.after(chunk)
+            return await self._read(read)
+
+        return rows.result_chunks(fetch)
 
     async def finish_finalization(
         self,
