@@ -79,7 +79,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     report.note(
         f"makespan: validation took ≤ {validating:.2f} s, finalisation ≤ {finishing:.2f} s "
         f"(as seen by polls every 50 ms); the upstream saw at most "
-        f"{stats['max_concurrency_seen']} requests at once"
+        f"{stats['max_concurrency_seen']} requests at once and answered them "
+        f"{stats['late_mean_ms']:.2f} ms (mean) / {stats['late_max_ms']:.1f} ms (max) after "
+        "their latency was up, counted from their arrival"
     )
     return report
 

@@ -14,6 +14,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from lowtide.testing.upstream import FakeUpstream, UpstreamConfig, UpstreamProcess
 
@@ -271,6 +272,48 @@ async def test_latency_and_jitter_delay_the_answer() -> None:
         started = time.monotonic()
         await post(s, up.url + CHAT, chat("x"))
     assert time.monotonic() - started >= 0.08
+
+
+async def test_latency_is_honoured_for_concurrent_requests() -> None:
+    latency = 0.2
+    async with FakeUpstream(UpstreamConfig(latency=latency)) as up, aiohttp.ClientSession() as s:
+
+        async def timed(i: int) -> float:
+            started = time.monotonic()
+            status, _, _ = await post(s, up.url + CHAT, chat(f"t{i}"))
+            assert status == 200
+            return time.monotonic() - started
+
+        seconds = await asyncio.gather(*(timed(i) for i in range(50)))
+        stats = up.stats()
+    # Generous upper bounds: a loaded test machine may answer late, never much early.
+    assert all(latency - 0.001 <= t < latency + 0.25 for t in seconds), seconds
+    assert stats["delayed"] == 50 and stats["late_max_ms"] < 250
+
+
+class _StallingUpstream(FakeUpstream):
+    """Its event loop stalls for a while right after each request has arrived."""
+
+    stall = 0.3
+
+    def _make_request(self, *args: Any) -> web.BaseRequest:
+        request = super()._make_request(*args)
+        time.sleep(self.stall)  # blocking on purpose: a busy loop, not a slow answer
+        return request
+
+
+async def test_latency_counts_from_arrival_not_from_when_the_handler_runs() -> None:
+    latency = 0.5
+    async with (
+        _StallingUpstream(UpstreamConfig(latency=latency)) as up,
+        aiohttp.ClientSession() as s,
+    ):
+        started = time.monotonic()
+        status, _, _ = await post(s, up.url + CHAT, chat("x"))
+        seconds = time.monotonic() - started
+    # Counted from when the handler ran, the stall would add to the latency (>= 0.8 s).
+    assert status == 200
+    assert latency - 0.001 <= seconds < latency + up.stall * 2 / 3
 
 
 # ---------------------------------------------------------------- markers aimed at lines

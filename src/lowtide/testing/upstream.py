@@ -8,6 +8,14 @@ latency, 5xx errors, 429s with ``Retry-After``, 429 storms, dropped connections,
 hang, garbage bodies, a backend that is down for a while, and per-line faults aimed by marker
 strings in the content (``FAIL400``, ``FAIL500ONCE``, ``SLOW``, ...).
 
+Latency is counted from the request's arrival (when aiohttp has parsed its headers; a batch
+line's body comes in the same packets), not from when the handler gets round to it: an answer
+with ``latency=L`` is sent L seconds after the request arrived, as a real backend with that
+latency would send it, however long this server's own loop took to parse the request and reach
+the handler. A server too busy to keep up answers as soon as it can. ``late_mean_ms`` and
+``late_max_ms`` in the stats say how long after its due time a delayed answer's handler woke up
+to send it (the loop's timers may also fire up to a millisecond early: negative lateness).
+
 Control routes (never faulted, never counted): ``GET /_fake/stats[?per_key=1]``,
 ``GET|POST /_fake/config`` (a JSON object of config fields to change), ``POST /_fake/reset``.
 
@@ -64,6 +72,11 @@ _MAX_BODY: Final = 64 * 1024 * 1024
 _ECHO_CHARS: Final = 40
 _EMBEDDING_DIMS: Final = 8
 _JSON: Final = "application/json"
+# aiohttp's default listen backlog is 128: a client that opens a few hundred connections at once
+# (lowtide with max_concurrency 256) overflows it, and each dropped SYN is retried after 1 s.
+_BACKLOG: Final = 1024
+# Where _make_request stamps the request's arrival (time.monotonic()).
+_ARRIVED: Final = web.RequestKey("lowtide_fake_arrived", float)
 
 T = TypeVar("T")
 
@@ -284,6 +297,9 @@ class _Stats:
     early_requests: int = 0
     early_same_key: int = 0
     early_max_ms: float = 0.0
+    delayed: int = 0
+    late_sum_ms: float = 0.0
+    late_max_ms: float = 0.0
     by_route: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     per_key: Counter[str] = field(default_factory=Counter)
@@ -292,9 +308,11 @@ class _Stats:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("by_route", "by_status", "per_key")
+            if f.name not in ("by_route", "by_status", "per_key", "late_sum_ms")
         }
         out["early_max_ms"] = round(self.early_max_ms, 3)
+        out["late_mean_ms"] = round(self.late_sum_ms / max(1, self.delayed), 3)
+        out["late_max_ms"] = round(self.late_max_ms, 3)
         out["by_route"] = dict(self.by_route)
         out["by_status"] = {str(status): n for status, n in sorted(self.by_status.items())}
         out["distinct_keys"] = len(self.per_key)
@@ -679,7 +697,7 @@ class FakeUpstream:
         )
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._requested_port)
+        site = web.TCPSite(self._runner, self._host, self._requested_port, backlog=_BACKLOG)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
         self._started = time.monotonic()
@@ -728,7 +746,10 @@ class FakeUpstream:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
-        return web.BaseRequest(
+        # Called as soon as the headers are parsed, before the handler task has even started:
+        # the earliest moment this process can know the request is there.
+        arrived = time.monotonic()
+        request = web.BaseRequest(
             message,
             payload,
             protocol,
@@ -737,6 +758,8 @@ class FakeUpstream:
             asyncio.get_running_loop(),
             client_max_size=_MAX_BODY,
         )
+        request[_ARRIVED] = arrived
+        return request
 
     # -- public state
 
@@ -829,7 +852,7 @@ class FakeUpstream:
             self._stats.in_flight -= 1
 
     async def _serve(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        now, wall, cfg = time.monotonic(), time.time(), self._config
+        now, wall, cfg = request[_ARRIVED], time.time(), self._config
         self._note_early(now)
         route = _ROUTES.get(path)
         if route is None or request.method != route.method:
@@ -854,7 +877,7 @@ class FakeUpstream:
         fault = self._draw_fault()
         if fault is _Fault.RATE_LIMIT:
             return self._rate_limited(key, now, cfg)
-        await self._delay(key, cfg)
+        await self._delay(key, cfg, now)
         return await self._finish(request, route, body, key, fault)
 
     def _note_early(self, now: float) -> None:
@@ -935,14 +958,26 @@ class FakeUpstream:
                 return fault
         return _Fault.NONE
 
-    async def _delay(self, key: str, cfg: UpstreamConfig) -> None:
+    async def _delay(self, key: str, cfg: UpstreamConfig, arrived: float) -> None:
         delay = cfg.latency
         if cfg.jitter:
             delay += self._rng.uniform(-cfg.jitter, cfg.jitter)
         if _has(key, cfg.slow_contains):
             delay += cfg.slow_seconds
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if delay <= 0:
+            return
+        # Due `delay` after arrival: the time spent parsing and queueing is part of it.
+        due = arrived + delay
+        left = due - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+        self._note_late(time.monotonic() - due)
+
+    def _note_late(self, late: float) -> None:
+        stats = self._stats
+        stats.delayed += 1
+        stats.late_sum_ms += late * 1000.0
+        stats.late_max_ms = max(stats.late_max_ms, late * 1000.0)
 
     async def _finish(
         self,
