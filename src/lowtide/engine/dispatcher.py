@@ -1,8 +1,8 @@
 """Claims pending requests and sends them to backends, never over a backend's ceiling.
 
 One claim loop: it asks the router how many slots a batch's model has free, claims requests
-in one statement, and starts one task per request. Batches are served earliest deadline first.
-Results go to the ``ResultSink``, which commits them in groups.
+in one statement, and starts a task for each free slot. Batches are served earliest deadline
+first. Results go to the ``ResultSink``, which commits them in groups.
 
 Claims run ahead of the free slots: up to one ceiling's worth of claimed requests wait in a
 queue per batch, and a request that finishes starts the next one at once. A claim is a write
@@ -10,6 +10,11 @@ transaction with an fsync (several milliseconds, more while the group commits qu
 same writer), and without the queue every slot stayed empty for that long between two
 requests: the engine ran at a fraction of a fast backend's speed, and 256 slots of a 200 ms
 backend did 1.3x the ideal makespan (see docs/performance.md for the figures before and after).
+
+A task that finishes a request takes the next queued one of the same model itself (a slot is
+released and acquired again for each request, so ceilings, pauses and the choice of backend
+work per request as before): tasks live as long as work keeps coming, not one per request.
+New tasks start only where free slots outnumber the running ones (``_start_ready``).
 """
 
 from __future__ import annotations
@@ -142,16 +147,30 @@ class Dispatcher:
         ready = self._ready.get(batch)
         free = self.router.free(batch.model)
         while ready and free > 0 and not self._stopping:
-            self._queued[batch.model] -= 1
-            self._start(batch, ready.popleft())
+            self._start(batch, *self._take(batch))
             free -= 1
 
-    def _refill(self, model: str) -> None:
-        """A slot of ``model`` freed: start the next queued request, earliest deadline first."""
+    def _take(self, batch: ActiveBatch) -> tuple[Claim, Slot]:
+        """The next queued request of ``batch``, with a slot acquired for it (one is free)."""
+        slot = self.router.acquire(batch.model)
+        assert slot is not None, "took no more than the free slots"
+        self._queued[batch.model] -= 1
+        self._in_flight[batch.model] += 1
+        return self._ready[batch].popleft(), slot
+
+    def _next(self, model: str) -> tuple[ActiveBatch, Claim, Slot] | None:
+        """A slot of ``model`` freed: the next queued request for the task that freed it,
+        earliest deadline first; None if none waits, no slot is free or we stop."""
+        if self._stopping:
+            return None
         for batch in self._active:
             if batch.model == model and self._ready.get(batch):
-                self._start_ready(batch)
-                return
+                if self.router.free(model) <= 0:
+                    return None
+                claim, slot = self._take(batch)
+                self._start_ready(batch)  # more slots free than this one (a pause ended)
+                return batch, claim, slot
+        return None
 
     async def _batches(self) -> list[ActiveBatch]:
         now = time.monotonic()
@@ -169,34 +188,36 @@ class Dispatcher:
                 self._queued[batch.model] -= 1
                 self.sink.add(_give_back_claim(claim, 0.0))
 
-    def _start(self, batch: ActiveBatch, claim: Claim) -> None:
-        slot = self.router.acquire(batch.model)
-        assert slot is not None, "started no more than the free slots"
-        self._in_flight[batch.model] += 1
+    def _start(self, batch: ActiveBatch, claim: Claim, slot: Slot) -> None:
         task = asyncio.create_task(self._send(batch, claim, slot))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _send(self, batch: ActiveBatch, claim: Claim, slot: Slot) -> None:
-        meters = self._meters_for(slot.backend.name, batch.model)
-        meters.in_flight.inc()
-        try:
-            outcome = await self._attempt(batch, claim, slot, meters)
-        except Exception:
-            # Whatever went wrong, the claim must go back: a lease nobody commits would be
-            # kept alive by our heartbeat and stall the batch for as long as we run.
-            logger.exception("dispatch of %s line %d failed", batch.id, claim.line)
-            outcome = _give_back_claim(claim, 1.0)
-        finally:
-            self.router.release(slot)
-            self._in_flight[batch.model] -= 1
-            meters.in_flight.dec()
-            self._slot_freed.set()
-            self._refill(batch.model)
-        self.sink.add(outcome)
-        meters.count(outcome)
-        if self.on_outcome is not None:
-            self.on_outcome(batch, outcome)
+        """Send ``claim``, then the next queued requests of its model while a slot is free
+        for them (``_next``), each with a slot of its own."""
+        work: tuple[ActiveBatch, Claim, Slot] | None = (batch, claim, slot)
+        while work is not None:
+            batch, claim, slot = work
+            meters = self._meters_for(slot.backend.name, batch.model)
+            meters.in_flight.inc()
+            try:
+                outcome = await self._attempt(batch, claim, slot, meters)
+            except Exception:
+                # Whatever went wrong, the claim must go back: a lease nobody commits would be
+                # kept alive by our heartbeat and stall the batch for as long as we run.
+                logger.exception("dispatch of %s line %d failed", batch.id, claim.line)
+                outcome = _give_back_claim(claim, 1.0)
+            finally:
+                self.router.release(slot)
+                self._in_flight[batch.model] -= 1
+                meters.in_flight.dec()
+                self._slot_freed.set()
+            self.sink.add(outcome)
+            meters.count(outcome)
+            if self.on_outcome is not None:
+                self.on_outcome(batch, outcome)
+            work = self._next(batch.model)
 
     def _meters_for(self, backend: str, model: str) -> Meters:
         meters = self._meters.get((backend, model))
