@@ -412,6 +412,27 @@ async def test_stale_epoch_changes_nothing(store: Store) -> None:
     assert batch is not None and (batch.completed, batch.failed) == (1, 1)
 
 
+async def test_large_group_applies_each_current_outcome_once(store: Store) -> None:
+    # More outcomes than one statement of a group commit takes, one of them stale: the others
+    # apply, each once, and only they count.
+    n = 150
+    await started(store, "batch_g", n=n)
+    now = time.time()
+    old = await store.claim_requests("batch_g", "w1", n, now, LEASE)
+    assert await store.reclaim_expired_leases(now + LEASE + 1) == n
+    new = await store.claim_requests("batch_g", "w2", n, now + LEASE + 1, LEASE)
+    group = [done(c, FAILED if c.line % 10 == 0 else SUCCEEDED) for c in new]
+    group[99] = done(old[99])  # line 100: w1's result, from a lease it lost
+    assert await store.record_outcomes(group, NOW) == []
+    batch = await store.get_batch(None, "batch_g")
+    assert batch is not None and (batch.completed, batch.failed) == (135, 14)
+    assert batch.usage == Usage(1350, 270, 675, 135)
+    states = {r.line: r.state for r in await results(store, "batch_g")}
+    assert states[100] == RequestState.LEASED
+    assert states[10] == RequestState.FAILED and states[149] == RequestState.SUCCEEDED
+    assert await store.record_outcomes([done(new[99])], NOW) == ["batch_g"]
+
+
 async def test_retry_waits_for_not_before_and_counts_attempts(store: Store) -> None:
     await started(store, "batch_r", n=2)
     now = time.time()
