@@ -1,3 +1,3 @@
-from lowtide.cli.main import main
+from lowtide.cli import main
 
 main()

@@ -14,6 +14,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -177,18 +178,32 @@ def test_get_list_download_and_json(env: dict[str, str], tmp_path: Path) -> None
     assert (tmp_path / f"{batch_id}_errors.jsonl").read_text() == ""
 
 
-def test_ctrl_c_then_cancel_wait_download_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
-    # SLOW lines take a second each upstream (16 at a time): a batch that runs for ~10 s.
-    lines = [chat_line(f"s-{i}", f"SLOW {i}") for i in range(160)]
-    write_lines(tmp_path / "slow.jsonl", lines)
-    batch_id = lowtide("batch", "submit", "slow.jsonl", env=env, cwd=tmp_path).stdout.strip()
+@pytest.fixture
+def storm(live: tuple[Lowtide, Upstream]) -> Iterator[None]:
+    """The upstream answers every request 429 + Retry-After while the test runs: lines wait
+    (no attempt spent) and a batch cannot end on its own, however slow the machine is."""
+    _, upstream = live
+    upstream.configure(storm_seconds=3600)
+    try:
+        yield
+    finally:
+        upstream.configure(storm_seconds=0)
+
+
+def test_ctrl_c_then_cancel_wait_download_exit_codes(
+    env: dict[str, str], tmp_path: Path, storm: None
+) -> None:
+    lines = [chat_line(f"s-{i}", f"question {i}") for i in range(40)]
+    write_lines(tmp_path / "held.jsonl", lines)
+    batch_id = lowtide("batch", "submit", "held.jsonl", env=env, cwd=tmp_path).stdout.strip()
 
     waiting = start("batch", "wait", batch_id, *FAST_POLL, env=env, cwd=tmp_path)
     assert waiting.stderr is not None
-    waiting.stderr.readline()  # the first progress line: it is waiting now
+    first = waiting.stderr.readline()  # the first progress line: it is waiting now
+    assert batch_id in first and ("in_progress" in first or "validating" in first), first
     waiting.send_signal(signal.SIGINT)
-    _, stderr = waiting.communicate(timeout=20)
-    assert waiting.returncode == 130
+    _, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130, stderr
     assert f"lowtide batch wait {batch_id}" in stderr and "Traceback" not in stderr
 
     # Ctrl-C stopped the waiting, not the batch.
@@ -207,6 +222,37 @@ def test_ctrl_c_then_cancel_wait_download_exit_codes(env: dict[str, str], tmp_pa
     outputs, errors = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "out.errors.jsonl")
     assert sorted(r["custom_id"] for r in outputs + errors) == sorted(x["custom_id"] for x in lines)
     assert any(e["error"]["code"] == "batch_cancelled" for e in errors)
+
+
+def test_ctrl_c_during_the_first_request_exits_130(tmp_path: Path) -> None:
+    # A server that takes the connection and never answers: once it has the connection, the
+    # command is inside its first request, wherever the machine's speed put that moment.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {**base_env(), "LOWTIDE_BASE_URL": url}
+        waiting = start("batch", "wait", "batch_x", env=env, cwd=tmp_path)
+        connection, _ = silent.accept()
+        with connection:
+            waiting.send_signal(signal.SIGINT)
+            _, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130, stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_ctrl_c_while_starting_exits_130(tmp_path: Path, delay: float) -> None:
+    # Ctrl-C while the command is still importing or parsing its arguments. A signal that
+    # lands before the interpreter has installed its handler kills the process (-SIGINT):
+    # the shell shows that as 130 too. Neither may be a 0, a 1 or a traceback.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env = {**base_env(), "LOWTIDE_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        waiting = start("batch", "wait", "batch_x", env=env, cwd=tmp_path)
+        time.sleep(delay)  # not a wait for anything: the moment of the signal varies on purpose
+        waiting.send_signal(signal.SIGINT)
+        _, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode in (130, -signal.SIGINT), (waiting.returncode, stderr)
+    assert "Traceback" not in stderr
 
 
 def test_failed_validation_exits_3_naming_the_line(env: dict[str, str], tmp_path: Path) -> None:

@@ -6,10 +6,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lowtide import __version__, errors
+from lowtide.cli import EXIT_INTERRUPTED
+from lowtide.cli.backup import backup_command
 from lowtide.cli.client import batch_group, files_group
 from lowtide.cli.convert import convert_group
 from lowtide.cli.db import db_group
@@ -21,7 +24,22 @@ from lowtide.logs import setup_logging
 from lowtide.settings import load_settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The root group: Ctrl-C during a command exits with ``EXIT_INTERRUPTED``, not click's 1.
+
+    Click turns a ``KeyboardInterrupt`` into "Aborted!" and 1 before ``lowtide.cli.main``'s
+    guard could see it, so it is caught here, where the command runs.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(err=True)  # close the terminal's ^C echo
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lowtide")
 def cli() -> None:
     """lowtide: a self-hosted Batch API for LLM requests.
@@ -117,7 +135,4 @@ cli.add_command(files_group, name="files")
 cli.add_command(run_command, name="run")
 cli.add_command(worker)
 cli.add_command(keys_group, name="keys")
-
-
-def main() -> None:
-    cli()
+cli.add_command(backup_command, name="backup")

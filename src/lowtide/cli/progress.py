@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from lowtide.cli import EXIT_INTERRUPTED
+
 __all__ = [
     "EXIT_CODES",
     "EXIT_ERROR",
@@ -42,8 +44,6 @@ TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 EXIT_CODES: Final[Mapping[str, int]] = {"completed": 0, "failed": 3, "expired": 4, "cancelled": 5}
 #: An API, network or file error (click's own usage errors exit with 2).
 EXIT_ERROR: Final = 1
-#: Ctrl-C: the shell convention 128 + SIGINT.
-EXIT_INTERRUPTED: Final = 130
 
 
 def exit_code(status: str) -> int:
