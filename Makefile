@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: serve test install install-dev lint typecheck pytest bench clean
+.PHONY: serve test test-stress install install-dev lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ pytest: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The suite beside one busy loop per core, as on a loaded CI machine: `make test-stress RUNS=5`.
+test-stress: install-dev
+	scripts/test-stress $(or $(RUNS),1) $(PYTEST_ARGS)
 
 bench: install-dev
 	BENCH_COMMAND="make bench" BENCH_PYTHON=$(BIN)/python bench/all

@@ -1,0 +1,71 @@
+"""Rules that every test of lowtide follows, and the check that keeps one of them.
+
+Time. No test asserts that something happened within a wall-clock time that a loaded machine
+can exceed: CI runs on shared two-core machines, three times slower than a developer's laptop
+on a bad day, with other processes competing for both cores (``make test-stress`` reproduces
+that). Time-dependent behaviour is tested
+
+- with a clock the test controls (the code under test takes a clock or a ``now``),
+- or by order and causality: this happened before that, that never happened, nothing came
+  early (a lower bound on a delay is a causal fact; an upper bound is a guess about the
+  machine),
+- or, where a real duration is the point, against a baseline measured in the same test, on the
+  same machine at the same moment, with a generous factor and a comment that says why.
+
+Waiting. A test waits for something with an event, by polling with a deadline of tens of
+seconds (the deadline only turns a hang into a failure; it is never the thing tested), or with
+the process's own signals (a ready line, a socket that accepted). Never a fixed ``sleep``.
+
+Leftovers. Every process, thread, port and temporary directory a test starts is gone when it
+ends: processes are started through ``lowtide.testing.harness`` (they die with the test run even
+when it is killed) and stopped by the fixture that started them. ``pytest_sessionfinish`` below
+fails the run if any child process of pytest is still alive at the end, and names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """Live (not zombie) child processes of ``pid``, with their command lines (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if int(ppid) != pid or state == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError):
+            continue  # it ended while we looked
+        found.append((int(entry.name), cmdline))
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    yield  # after every session-scoped fixture has been torn down
+    if not Path("/proc").is_dir():
+        return
+    left = _children(os.getpid())
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left)
+    message = f"processes started by the tests outlived them:\n{lines}"
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    for pid, _ in left:  # clean up after reporting, so the next run starts clean
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
