@@ -45,10 +45,10 @@ def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
         # The backend said when to come back: the whole backend is paused until then, and the
         # line did nothing wrong, so the wait costs it no attempt. A backend that never lets
         # go is bounded by the batch's completion window: its lines then end as expired.
-        return _retry(claim, claim.attempts, reply.retry_after)
+        return _retry(claim, claim.attempts, reply.retry_after, reply.status)
     if _retryable(reply.status) and attempts < policy.max_attempts:
         wait = max(policy.delay(attempts), reply.retry_after or 0.0)
-        return _retry(claim, attempts, wait)
+        return _retry(claim, attempts, wait, reply.status)
     return _http_failure(claim, attempts, reply, parsed)
 
 
@@ -73,7 +73,7 @@ def _retry_or_fail(
     claim: Claim, attempts: int, policy: RetryPolicy, status: int | None, code: str, message: str
 ) -> Outcome:
     if attempts < policy.max_attempts:
-        return _retry(claim, attempts, policy.delay(attempts))
+        return _retry(claim, attempts, policy.delay(attempts), status)
     return Outcome(
         claim.batch_id,
         claim.line,
@@ -87,7 +87,9 @@ def _retry_or_fail(
     )
 
 
-def _retry(claim: Claim, attempts: int, wait: float) -> Outcome:
+def _retry(claim: Claim, attempts: int, wait: float, status: int | None) -> Outcome:
+    # The status of the failed attempt is kept for the metrics (its status class); the store
+    # records nothing of a retry but its attempts and when to try again.
     return Outcome(
         claim.batch_id,
         claim.line,
@@ -95,6 +97,7 @@ def _retry(claim: Claim, attempts: int, wait: float) -> Outcome:
         RETRY,
         custom_id=claim.custom_id,
         attempts=attempts,
+        status_code=status,
         not_before=time.time() + wait,
     )
 
@@ -132,6 +135,10 @@ def _http_failure(claim: Claim, attempts: int, reply: Reply, parsed: Any) -> Out
         message = _str(error.get("message")) or f"The backend answered HTTP {reply.status}."
     else:
         code, message = f"http_{reply.status}", f"The backend answered HTTP {reply.status}."
+    if attempts > 1:
+        # Say how many attempts the line took, as failures without an answer do, after the
+        # backend's own message.
+        message = f"{message} (after {attempts} attempts)"
     # The body is kept only if it is JSON; a raw HTML error page would break the JSONL line.
     body = _one_line(reply.body, parsed) if parsed is not None else None
     return Outcome(
