@@ -1,31 +1,45 @@
-"""Start the real processes on loopback: a fake upstream and ``lowtide serve``.
+"""Start the real processes on loopback: a fake upstream, ``lowtide serve``, ``lowtide worker``.
 
 Shared by the acceptance tests, the benchmarks and the chaos script, so that all of them
 drive the same thing a user runs. Every process started here dies with the process that started
-it, even when that one is SIGKILLed (a test timeout, a killed benchmark): see ``spawn``.
+it, even when that one is SIGKILLed (a test timeout, a killed benchmark), and leads a process
+group that ``stop`` ends whole: see ``lowtide.testing.children``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import orjson
 
+from lowtide.testing.children import end, ending_children, read_ready_line, spawn
+
+__all__ = [
+    "HOST",
+    "Lowtide",
+    "Upstream",
+    "Worker",
+    "end",
+    "ending_children",
+    "free_port",
+    "http_json",
+    "spawn",
+]
+
 HOST = "127.0.0.1"
+# The first line ``python -m lowtide.testing.upstream`` prints, before the url it listens on.
+# (Not imported from there: this module stays light, without aiohttp.)
+_LISTENING = "LISTENING "
 
 
 def free_port() -> int:
@@ -47,69 +61,10 @@ def http_json(url: str, body: Any = None, *, timeout: float = 10.0) -> Any:
         return orjson.loads(resp.read())
 
 
-# ------------------------------------------------------------------------------- children
-# A child left behind by a killed test run or benchmark holds its port, its files and CPU on a
-# shared machine. Linux can kill it for us: PR_SET_PDEATHSIG sends a signal to a child when its
-# parent dies, whatever the cause. Only the parent's death counts: the chaos script's own
-# SIGKILLs of a child and its restarts are untouched.
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that ties the child's life to ``parent``'s (None off Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
-
-    def in_child() -> None:
-        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died between fork and prctl, too early to signal us: then we
-        # were handed to another process already, and must not start at all.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return in_child
-
-
-_Job: TypeAlias = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
-_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-_spawner: threading.Thread | None = None
-_spawner_lock = threading.Lock()
-
-
-def _run_spawner() -> None:
-    while True:
-        start, result = _jobs.get()
-        try:
-            result.set_result(start())
-        except BaseException as exc:  # handed to the caller, who raises it
-            result.set_exception(exc)
-
-
-def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(cmd, **options)`` for a child that dies when this process dies.
-
-    The kernel's "parent" is the thread that forked the child, not the process: a child
-    forked by a short-lived thread (a pool's, a test's) would be killed as that thread ends.
-    So every child is forked by one daemon thread that lasts as long as the process does.
-    """
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = threading.Thread(target=_run_spawner, name="harness-spawner", daemon=True)
-            _spawner.start()
-    preexec = _die_with_parent(os.getpid())
-    result: Future[subprocess.Popen[bytes]] = Future()
-    _jobs.put((lambda: subprocess.Popen(list(cmd), preexec_fn=preexec, **options), result))
-    return result.result()
-
-
 class Upstream:
     """The fake OpenAI-compatible server (``lowtide.testing.upstream``) as a process."""
 
-    def __init__(self, *args: str, log: Path | None = None) -> None:
+    def __init__(self, *args: str, log: Path | None = None, startup_timeout: float = 30.0) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -122,12 +77,12 @@ class Upstream:
         ]
         stderr = log.open("ab") if log else subprocess.DEVNULL
         self.proc = spawn(cmd, stdout=subprocess.PIPE, stderr=stderr)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.startswith("LISTENING "):
-            self.proc.kill()
-            raise RuntimeError(f"fake upstream did not start: {line!r}")
-        self.url = line.removeprefix("LISTENING ").rstrip("/")
+        try:
+            line = read_ready_line(self.proc, _LISTENING, startup_timeout, what="fake upstream")
+            self.url = line.rstrip("/")
+        except BaseException:
+            end(self.proc, 5.0)
+            raise
 
     @property
     def base_url(self) -> str:
@@ -145,13 +100,8 @@ class Upstream:
         http_json(self.url + "/_fake/reset", {})
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM its process group, SIGKILL it after 5 s."""
+        end(self.proc, 5.0)
 
 
 class _Process:
@@ -185,11 +135,9 @@ class _Process:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.terminate()
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM its process group (drain, exit), SIGKILL it after 30 s."""
+        if self.proc is not None:
+            end(self.proc, 30.0)
 
 
 class Lowtide(_Process):

@@ -1,0 +1,223 @@
+"""Child processes that never outlive the test run, benchmark or script that started them.
+
+A child left behind by a killed test run or benchmark holds its port, its files and CPU on a
+shared machine. ``spawn`` starts every child with two guards:
+
+- the kernel kills it when its parent dies, whatever the cause (PR_SET_PDEATHSIG): this holds
+  even when the parent is SIGKILLed and runs no clean-up. Only the parent's death counts: the
+  chaos script's own SIGKILLs of a child and its restarts are untouched;
+- it leads a process group of its own, so that ``end`` reaches whatever it started in turn, and
+  a Ctrl-C at the terminal reaches the script alone, which then ends its children in order
+  rather than each of them reacting to the SIGINT on its own.
+
+A script wraps its main in ``ending_children()``: however it ends (it returns, raises, gets a
+Ctrl-C, SIGTERM or SIGHUP), every child it started through ``spawn`` that still runs is ended
+with its group before the script exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from types import FrameType
+from typing import Any, TypeAlias
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How often a wait for a child's exit looks again; the child's exit itself is not signalled to
+# a thread that does not reap it.
+_POLL_S = 0.02
+_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties the child's life to ``parent``'s (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
+
+    def in_child() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between fork and prctl, too early to signal us: then we
+        # were handed to another process already, and must not start at all.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
+
+
+_Job: TypeAlias = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_spawner: threading.Thread | None = None
+_lock = threading.Lock()
+_children: list[subprocess.Popen[bytes]] = []  # every child spawned and not yet seen to exit
+_closing = False  # set by ending_children on the way out: no new children after that
+
+
+def _run_spawner() -> None:
+    while True:
+        start, result = _jobs.get()
+        try:
+            result.set_result(start())
+        except BaseException as exc:  # handed to the caller, who raises it
+            result.set_exception(exc)
+
+
+def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **options)`` for a child that dies when this process dies.
+
+    The kernel's "parent" is the thread that forked the child, not the process: a child
+    forked by a short-lived thread (a pool's, a test's) would be killed as that thread ends.
+    So every child is forked by one daemon thread that lasts as long as the process does.
+    The child's stdin is /dev/null unless given: in a process group of its own it is not in
+    the terminal's foreground, and reading the terminal would stop it.
+    """
+    global _spawner
+    options.setdefault("stdin", subprocess.DEVNULL)
+    with _lock:
+        if _closing:
+            raise RuntimeError("this process is ending its children: no new child is started")
+        if _spawner is None:
+            _spawner = threading.Thread(target=_run_spawner, name="harness-spawner", daemon=True)
+            _spawner.start()
+    preexec = _die_with_parent(os.getpid())
+    result: Future[subprocess.Popen[bytes]] = Future()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(cmd), preexec_fn=preexec, process_group=0, **options)
+
+    _jobs.put((start, result))
+    proc = result.result()
+    with _lock:
+        _children[:] = [p for p in _children if p.returncode is None]
+        _children.append(proc)
+    return proc
+
+
+def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
+    # Only while the child is not reaped: until then its pid, and so its group id, cannot be
+    # given to another process.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+def _has_exited(proc: subprocess.Popen[Any]) -> bool:
+    """Whether the child has exited, without reaping it (so its group id stays its own)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+    except ChildProcessError:  # reaped meanwhile by another thread's wait()
+        return True
+
+
+def _wait_exited(procs: Sequence[subprocess.Popen[Any]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_has_exited(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+
+
+def end(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """End ``proc`` and its whole process group: SIGTERM, ``timeout`` s to exit, then SIGKILL.
+
+    The group is SIGKILLed after its leader has exited too, so that nothing it started lingers.
+    Returns the child's exit status.
+    """
+    end_all_of([proc], timeout)
+    return proc.wait()
+
+
+def end_all_of(procs: Sequence[subprocess.Popen[Any]], timeout: float) -> None:
+    """``end`` for many children at once: they get the same ``timeout``, not one each."""
+    live = [p for p in procs if p.returncode is None]
+    for proc in live:
+        _signal_group(proc, signal.SIGTERM)
+        _signal_group(proc, signal.SIGCONT)  # a paused (SIGSTOPped) child cannot act on it
+    _wait_exited(live, timeout)
+    for proc in live:
+        if not _has_exited(proc):
+            logger.warning("child %d did not exit %gs after SIGTERM: killed", proc.pid, timeout)
+        _signal_group(proc, signal.SIGKILL)
+    for proc in live:
+        proc.wait()
+
+
+def end_all(timeout: float = 10.0) -> None:
+    """End every child ``spawn`` started that still runs, each with its process group."""
+    with _lock:
+        children = list(_children)
+    end_all_of(children, timeout)
+
+
+def read_ready_line(
+    proc: subprocess.Popen[bytes], prefix: str, timeout: float, *, what: str = "the child"
+) -> str:
+    """Wait for the line starting with ``prefix`` a child prints on its stdout when it is ready,
+    and return the rest of it (stripped); earlier lines are skipped.
+
+    Raises RuntimeError if the child closes its stdout (exits) first, TimeoutError if the line
+    does not come within ``timeout`` seconds.
+    """
+    stdout = proc.stdout
+    assert stdout is not None, "start the child with stdout=subprocess.PIPE"
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(left):
+                continue
+            line = stdout.readline().decode(errors="replace")
+            if not line:
+                raise RuntimeError(f"{what} exited with status {proc.wait()}")
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+    raise TimeoutError(f"{what} did not start within {timeout:g}s")
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM's and SIGHUP's default is to die at once, running no `finally`: turn them into
+    # SystemExit so that the script unwinds and ends its children on the way out.
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def ending_children(timeout: float = 10.0) -> Iterator[None]:
+    """Wrap a script's main so that no child ``spawn`` started outlives it.
+
+    Inside, SIGTERM and SIGHUP raise SystemExit (in the main thread), as Ctrl-C raises
+    KeyboardInterrupt. On the way out, however it goes, every child still running is ended
+    with its group (``end``); no new child can be started after that. While they are being
+    ended (``timeout`` at most, then SIGKILL), another Ctrl-C or SIGTERM is ignored, so that it
+    cannot cut the clean-up short.
+    """
+    global _closing
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _raise_exit) for s in _EXIT_SIGNALS} if main_thread else {}
+    try:
+        yield
+    finally:
+        if main_thread:
+            for s in (*_EXIT_SIGNALS, signal.SIGINT):
+                replaced = signal.signal(s, signal.SIG_IGN)
+                previous.setdefault(s, replaced)
+        with _lock:
+            _closing = True
+        try:
+            end_all(timeout)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
