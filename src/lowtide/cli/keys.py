@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -44,11 +45,43 @@ def keys_group() -> None:
     """
 
 
-def _run(
-    config_path: Path | None, database_url: str | None, work: Callable[[KeyService], Awaitable[T]]
-) -> T:
-    async def run() -> T:
+_CREATE_DATABASE = click.option(
+    "--create-database",
+    is_flag=True,
+    help="Make a new SQLite database if there is none yet (else that is an error: a key in a "
+    "database no server reads would be lost).",
+)
+
+
+def _database(config_path: Path | None, database_url: str | None, *, create: bool) -> str:
+    """The database to use: ``--database-url``, else the config's (``--config``,
+    ``$LOWTIDE_CONFIG``, else the defaults, as ``lowtide serve`` reads it). A SQLite file that
+    does not exist is not made unless asked: run from the wrong directory, the command would
+    otherwise put the key in a new database that no server reads."""
+    try:
         url = database_url or load_settings(config_path).server.resolved_database_url()
+    except errors.ConfigError as exc:
+        raise click.ClickException(exc.message) from exc
+    if url.startswith("sqlite:///") and not create:
+        path = Path(url.removeprefix("sqlite:///"))  # the form open_store reads
+        if not path.exists():
+            source = "--database-url" if database_url else _config_source(config_path)
+            raise click.ClickException(
+                f"there is no database at {path} (from {source}). Point at the server's with "
+                "--config FILE (or LOWTIDE_CONFIG) or --database-url, or add --create-database "
+                "to make a new one there."
+            )
+    return url
+
+
+def _config_source(config_path: Path | None) -> str:
+    if config_path is not None:
+        return str(config_path)
+    return "the default data_dir ./lowtide-data: no --config and no LOWTIDE_CONFIG"
+
+
+def _run(url: str, work: Callable[[KeyService], Awaitable[T]]) -> T:
+    async def run() -> T:
         store = open_store(url)
         await store.open()
         try:
@@ -84,12 +117,14 @@ def _when(timestamp: int | None) -> str:
 @click.option("--label", help="A note saying what the key is for (shown by `keys list`).")
 @_CONFIG
 @_DATABASE
+@_CREATE_DATABASE
 @_JSON
 def create(
     account: str,
     label: str | None,
     config_path: Path | None,
     database_url: str | None,
+    create_database: bool,
     as_json: bool,
 ) -> None:
     """Make a new key for an account and print it, once.
@@ -101,15 +136,26 @@ def create(
     Example:
         KEY=$(lowtide keys create --account alice --label "nightly jobs" --config lowtide.toml)
     """
-    secret, record = _run(config_path, database_url, lambda s: s.create(account, label))
+    url = _database(config_path, database_url, create=create_database)
+    secret, record = _run(url, lambda s: s.create(account, label))
     if as_json:
         click.echo(json.dumps({**_as_dict(record), "key": secret}, indent=2))
         return
     click.echo(secret)
     click.echo(
-        f"{record.id} made for account {record.account!r}: the key above is shown only now.",
+        f"{record.id} made for account {record.account!r} in {_shown(url)}: the key above is "
+        "shown only now.",
         err=True,
     )
+
+
+def _shown(url: str) -> str:
+    """The database, for a message: a SQLite path as is, a PostgreSQL URL without password."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 @keys_group.command("list")
@@ -128,7 +174,8 @@ def list_keys(
     Example:
         lowtide keys list --account alice --config lowtide.toml
     """
-    records = _run(config_path, database_url, lambda s: s.list(account))
+    url = _database(config_path, database_url, create=False)
+    records = _run(url, lambda s: s.list(account))
     if as_json:
         click.echo(json.dumps([_as_dict(r) for r in records], indent=2))
         return
@@ -154,5 +201,6 @@ def revoke(key_id: str, config_path: Path | None, database_url: str | None) -> N
     Example:
         lowtide keys revoke key_0123456789abcdef --config lowtide.toml
     """
-    record = _run(config_path, database_url, lambda s: s.revoke(key_id))
+    url = _database(config_path, database_url, create=False)
+    record = _run(url, lambda s: s.revoke(key_id))
     click.echo(f"{record.id} of account {record.account!r} revoked at {_when(record.revoked_at)}")
