@@ -264,6 +264,15 @@ def test_failed_validation_exits_3_naming_the_line(env: dict[str, str], tmp_path
     assert not list(tmp_path.glob("*output.jsonl"))  # no results, so no result files
 
 
+def test_a_missing_key_and_a_wrong_key_are_told_apart(env: dict[str, str], tmp_path: Path) -> None:
+    no_key = {k: v for k, v in env.items() if k != "LOWTIDE_API_KEY"}
+    missing = lowtide("batch", "list", env=no_key, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "needs an API key: pass --api-key or set LOWTIDE_API_KEY" in missing.stderr
+    wrong = lowtide("batch", "list", env={**env, "LOWTIDE_API_KEY": "sk-wrong-key"}, cwd=tmp_path)
+    assert wrong.returncode == 1 and "401: Incorrect API key provided." in wrong.stderr
+
+
 def test_files_commands(env: dict[str, str], tmp_path: Path) -> None:
     path = write_lines(tmp_path / "up.jsonl", [chat_line("f-1", "file")])
     uploaded = lowtide("files", "upload", path, "--json", env=env, cwd=tmp_path)

@@ -58,12 +58,20 @@ def _make_client(base_url: str, api_key: str | None) -> openai.OpenAI:
 
 
 @contextmanager
-def _api_errors(base_url: str) -> Iterator[None]:
+def _api_errors(base_url: str, api_key: str | None) -> Iterator[None]:
     """Every failure as one line on stderr and exit code 1, never a traceback."""
     import openai
 
     try:
         yield
+    except openai.AuthenticationError as exc:
+        if api_key:
+            raise click.ClickException(f"401: {_error_message(exc)}") from exc
+        # No key was given, so the SDK's placeholder was refused: "incorrect key" would mislead.
+        raise click.ClickException(
+            f"401: {_base_url(base_url)} needs an API key: pass --api-key or set "
+            "LOWTIDE_API_KEY (or OPENAI_API_KEY)."
+        ) from exc
     except openai.APIStatusError as exc:
         raise click.ClickException(f"{exc.status_code}: {_error_message(exc)}") from exc
     except openai.APIConnectionError as exc:
@@ -101,7 +109,7 @@ def with_client(fn: F) -> F:
     )
     @functools.wraps(fn)
     def wrapper(base_url: str, api_key: str | None, **kwargs: Any) -> None:
-        with _api_errors(base_url):
+        with _api_errors(base_url, api_key):
             code = fn(_make_client(base_url, api_key), **kwargs)
         if code:
             raise click.exceptions.Exit(code)
