@@ -176,6 +176,10 @@ def test_get_list_download_and_json(env: dict[str, str], tmp_path: Path) -> None
     outputs = read_jsonl(tmp_path / f"{batch_id}_output.jsonl")
     assert [o["custom_id"] for o in outputs] == ["g-0", "g-1", "g-2"]
     assert (tmp_path / f"{batch_id}_errors.jsonl").read_text() == ""
+    # ... which are the names that --help (and so docs/cli.md) gives.
+    usage = " ".join(lowtide("batch", "download", "--help", env=env, cwd=tmp_path).stdout.split())
+    assert "(default <batch id>_output.jsonl)" in usage
+    assert "beside --output as <name>.errors.jsonl; without --output, <batch id>_errors" in usage
 
 
 @pytest.fixture

@@ -167,7 +167,8 @@ _ERRORS = click.option(
     "--errors",
     "errors_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the error file (default: beside the output, as <name>.errors.jsonl).",
+    help="Where to write the error file (default: beside --output as <name>.errors.jsonl; "
+    "without --output, <batch id>_errors.jsonl).",
 )
 
 
