@@ -99,6 +99,9 @@ class Server:
     #: ``lowtide serve``: the engine runs on a thread and event loop of its own, away from the
     #: API's requests (None: on the caller's loop, as in ``lowtide worker``).
     engine_thread: EngineThread | None = None
+    #: Move what start() allocated out of the collector's reach (see ``start``). A process that
+    #: builds many servers (the in-process tests) turns it off: frozen objects are never freed.
+    freeze_gc: bool = True
     app: FastAPI = field(init=False)
     _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -153,8 +156,9 @@ class Server:
         # Everything allocated so far lives as long as the process: moving it out of the
         # collector's reach makes full collections (event-loop pauses of 60-70 ms measured
         # during dispatch) several times cheaper.
-        gc.collect()
-        gc.freeze()
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
 
     async def stop(self) -> None:
         if self.engine_thread is not None:
@@ -169,13 +173,18 @@ class Server:
 
 
 def build_server(
-    settings: Settings, *, with_engine: bool = True, engine_thread: bool = False
+    settings: Settings,
+    *,
+    with_engine: bool = True,
+    engine_thread: bool = False,
+    freeze_gc: bool = True,
 ) -> Server:
     """``lowtide serve`` (API and engine), or with ``with_engine=False`` the API alone, or
     ``lowtide worker`` (the engine alone, its server's app unused).
 
     ``engine_thread``: run the engine on a thread and event loop of its own (``lowtide serve``),
-    so that the API's requests never queue behind its dispatch work."""
+    so that the API's requests never queue behind its dispatch work. ``freeze_gc``: see
+    ``Server.freeze_gc``."""
     url = settings.server.resolved_database_url()
     store = open_store(url)
     blobs = open_blobs(settings.server.resolved_storage_url(), settings.s3)
@@ -184,11 +193,11 @@ def build_server(
     window = settings.testing.rate_limit_window_seconds or WINDOW
     limiter = StoreRateLimiter(store, window) if shared else MemoryRateLimiter(window)
     if not with_engine:
-        return Server(settings, store, blobs, router, None, limiter)
+        return Server(settings, store, blobs, router, None, limiter, freeze_gc=freeze_gc)
     exclusive = not shared  # a SQLite database belongs to one process; PostgreSQL to a fleet
     if not engine_thread:
         engine = Engine(settings, store, blobs, router, exclusive=exclusive)
-        return Server(settings, store, blobs, router, engine, limiter)
+        return Server(settings, store, blobs, router, engine, limiter, freeze_gc=freeze_gc)
     # A PostgreSQL pool is bound to the loop that opened it: the engine's loop needs its own.
     # The SQLite store runs its calls on its own threads, from either loop: one store (and so
     # one writer) for both.
@@ -197,4 +206,4 @@ def build_server(
     thread = EngineThread(
         engine, backends=router.backends(), store=engine_store, switch_interval=SWITCH_INTERVAL
     )
-    return Server(settings, store, blobs, router, engine, limiter, thread)
+    return Server(settings, store, blobs, router, engine, limiter, thread, freeze_gc=freeze_gc)
