@@ -302,7 +302,10 @@ def test_messages_verbatim() -> None:
             "The provided url '/v1/chat/completion' is not supported by the Batch API."
         ),
         "mismatched_test_url": "The provided URL '/v1/chat/completions' does not match the test "
-        "model 'batch-test-model'.",
+        "model 'batch-test-model'. The test model is served on '/v1/chat/ds-test' only.",
+        "real_model_on_test_url": "The provided URL '/v1/chat/ds-test' does not match the test "
+        "model 'batch-test-model'. '/v1/chat/ds-test' serves only 'batch-test-model'; use the "
+        "batch's endpoint.",
         "invalid_url": "The URL provided for this request does not match the batch endpoint.",
         "model": "Model parameter is required.",
         "messages": "Messages parameter is required.",
@@ -323,6 +326,9 @@ def test_messages_verbatim() -> None:
         "missing": first(jsonl(request(url=MISSING))),
         "url_not_found": first(jsonl(request(url="/v1/chat/completion"))),
         "mismatched_test_url": first(jsonl(request(body_model=TEST_MODEL))),
+        "real_model_on_test_url": first(
+            jsonl(request(url=TEST_ENDPOINT, body_model="qwen-plus")), TEST_ENDPOINT
+        ),
         "invalid_url": first(jsonl(request(url=EMBEDDINGS))),
         "model": first(jsonl(request(body_model=MISSING))),
         "messages": first(jsonl(request(body_messages=MISSING))),

@@ -444,8 +444,15 @@ class Validator:
         """Steps 7 to 12: test-model pairing, batch endpoint, model, input, stream, model."""
         model = body.get("model")
         if (model == TEST_MODEL) != (url == TEST_ENDPOINT):
+            # The hosted sentence as it is, then one that says which URL would be right.
+            right = (
+                f"The test model is served on '{TEST_ENDPOINT}' only."
+                if model == TEST_MODEL
+                else f"'{TEST_ENDPOINT}' serves only '{TEST_MODEL}'; use the batch's endpoint."
+            )
             message = (
-                f"The provided URL '{_echo(url)}' does not match the test model '{TEST_MODEL}'."
+                f"The provided URL '{_echo(url)}' does not match the test model '{TEST_MODEL}'. "
+                + right
             )
             return ("mismatched_test_url", "url", message)
         if url != self._endpoint:
