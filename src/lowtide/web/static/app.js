@@ -31,6 +31,8 @@ function context() {
 
 function markNav(name) {
   nav.hidden = !session.signedIn;
+  // On a server without keys there is nothing to sign out of.
+  document.getElementById("sign-out").hidden = session.key === "";
   for (const link of nav.querySelectorAll("a[data-route]")) {
     if (link.dataset.route === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");

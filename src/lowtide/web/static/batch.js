@@ -77,6 +77,13 @@ function details(batch) {
   ]);
 }
 
+/** Why a batch shows no result files: not ended yet, or failed validation (no line ran). */
+function noFilesText(batch) {
+  if (batch.status === "failed") return "No result files: the input file failed validation, so no line ran. The errors above say why.";
+  if (["completed", "expired", "cancelled"].includes(batch.status)) return "No result files.";
+  return "Result files appear here when the batch ends.";
+}
+
 function downloadButton(label, fileId, problem) {
   const button = h("button", { type: "button", class: "button" }, label);
   button.addEventListener("click", async () => {
@@ -142,7 +149,7 @@ export function render(ctx, batchId) {
         downloadButton("Download input", b.input_file_id, problem),
         b.output_file_id && downloadButton("Download output", b.output_file_id, problem),
         b.error_file_id && downloadButton("Download errors", b.error_file_id, problem),
-        !b.output_file_id && !b.error_file_id && h("p", { class: "muted small" }, "Result files appear here when the batch ends."));
+        !b.output_file_id && !b.error_file_id && h("p", { class: "muted small" }, noFilesText(b)));
     }
   };
 

@@ -17,6 +17,18 @@ function field(id, label, control, hint) {
   return h("div", { class: "field" }, h("label", { for: id }, label), control, hint && h("p", { id: hintId, class: "hint" }, hint));
 }
 
+/** The ``url`` of the file's first non-blank line, or null (not JSON, no url, too long). */
+async function firstUrl(blob) {
+  const head = await blob.slice(0, 1 << 20).text();
+  const line = head.split("\n").find((l) => l.trim());
+  try {
+    const url = JSON.parse(line ?? "").url;
+    return typeof url === "string" ? url : null;
+  } catch {
+    return null;
+  }
+}
+
 export function render(ctx) {
   document.title = "New batch · lowtide";
   const file = h("input", { id: "batch-file", name: "file", type: "file", accept: ".jsonl,.json,.txt,application/jsonl,application/x-ndjson,text/plain", required: true });
@@ -37,6 +49,12 @@ export function render(ctx) {
     field("batch-description", "Description (optional)", description, "Up to 200 characters."),
     problem,
     h("div", { class: "actions" }, submit, state));
+
+  // The endpoint is the url of the file's lines: take it from the first one.
+  file.addEventListener("change", async () => {
+    const found = file.files[0] && await firstUrl(file.files[0]);
+    if (found && ENDPOINTS.includes(found)) endpoint.value = found;
+  });
 
   const busy = (text) => { state.textContent = text; submit.disabled = Boolean(text); };
   const fail = (err) => {
