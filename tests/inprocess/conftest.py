@@ -14,13 +14,14 @@ are freed.
 
 Fixtures and helpers:
 
-- ``lowtide_app(upstream=None, *, extra="", api_only=False, engine=None, **config)``: start a
-  server (``config`` goes to ``tests.support.batches.config_toml``); the ``App`` it returns has
-  ``client(key)`` (an ``AsyncOpenAI`` for ``ALICE``, ``BOB`` or any key), ``http`` (a plain
-  ``httpx.AsyncClient`` on the app, for what the SDK cannot send), ``data`` (its data
-  directory), ``db(sql, ...)`` (its SQLite database, read or changed beside it) and
-  ``restart(api_only=...)`` (stop it and start it again on the same data: a clean shutdown;
-  a crash, which only a real process can have, is for tests/acceptance).
+- ``lowtide_app(upstream=None, *, extra="", api_only=False, engine=None, toml=None, **config)``:
+  start a server (``config`` goes to ``tests.support.batches.config_toml``, with the quick
+  engine intervals of ``FAST_ENGINE``; ``toml`` replaces the whole config). The ``App`` it
+  returns has ``client(key)`` (an ``AsyncOpenAI`` for ``ALICE``, ``BOB`` or any key),
+  ``http`` (a plain ``httpx.AsyncClient`` on the app, for what the SDK cannot send),
+  ``data`` (its data directory), ``db(sql, ...)`` (its SQLite database, read or changed
+  beside it) and ``restart(api_only=...)`` (stop it and start it again on the same data: a
+  clean shutdown; a crash, which only a real process can have, is for tests/acceptance).
 - ``submit(c, lines)``, ``wait_for(c, batch_id, statuses)`` (polls with a deadline of a minute),
   ``read_results(c, batch)``.
 - ``upstream``: a ``FakeUpstream`` with a fixed seed.
@@ -60,6 +61,7 @@ import time_machine
 
 from lowtide.server import Server, build_server
 from lowtide.settings import Settings
+from lowtide.testing import postgres as pg
 from lowtide.testing.upstream import FakeUpstream, UpstreamConfig
 from tests.support.batches import (
     ALICE,
@@ -167,6 +169,7 @@ class AppFactory(Protocol):
         extra: str = "",
         api_only: bool = False,
         engine: Mapping[str, object] | None = None,
+        toml: str | None = None,
         **config: Any,
     ) -> Awaitable[App]: ...
 
@@ -188,12 +191,14 @@ async def lowtide_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         extra: str = "",
         api_only: bool = False,
         engine: Mapping[str, object] | None = None,
+        toml: str | None = None,
         **config: Any,
     ) -> App:
         workdir = tmp_path / f"lowtide{len(started)}"
         workdir.mkdir()
-        engine = {**FAST_ENGINE, **(engine or {})}
-        toml = config_toml(upstream, extra=extra, engine=engine, **config)
+        if toml is None:
+            engine = {**FAST_ENGINE, **(engine or {})}
+            toml = config_toml(upstream, extra=extra, engine=engine, **config)
         settings = settings_from(toml, workdir / "data")
         app = App(settings, workdir, api_only, _build(settings, api_only))
         await app.server.start()
@@ -296,3 +301,26 @@ def frozen_at(epoch: float) -> Iterator[time_machine.Coordinates]:
     """The wall clock stopped at ``epoch`` (it moves only by ``shift``)."""
     with time_machine.travel(epoch, tick=False) as traveller:
         yield traveller
+
+
+# --- the machine's PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database with the schema, copied for each test that asks (skip if there is none)."""
+    problem = pg.run_sync(pg.reachable())
+    if problem:
+        pytest.skip(problem)
+    name = pg.run_sync(pg.create_template())
+    yield name
+    pg.run_sync(pg.drop_database(name))
+
+
+@pytest.fixture
+async def pg_database(pg_template: str) -> AsyncIterator[str]:
+    """The URL of a database of this test's own, with the schema; dropped afterwards. A test
+    names it before ``lowtide_app``, so that its servers stop before it is dropped."""
+    name = await pg.create_database(template=pg_template)
+    yield pg.url_of(name)
+    await pg.drop_database(name)
