@@ -22,7 +22,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
+# The real-engine (llama.cpp) and Node.js SDK test tiers; each script is a no-op once done.
 install-dev: $(VENV)/.installed-dev
+	PYTHON=$(PYTHON) scripts/ensure-llama-server
+	scripts/ensure-node-sdk
 
 serve: install
 	$(BIN)/lowtide serve $(ARGS)
