@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from lowtide.store import migrations
 from lowtide.testing.harness import Lowtide, Upstream
 from lowtide.testing.invariants import check_batch
 
@@ -230,7 +231,7 @@ def test_the_checker_sees_lost_duplicated_torn_and_double_billed_lines() -> None
 
 def test_the_checker_reads_the_requests_table(tmp_path: Path) -> None:
     """One terminal row per line, and counters that agree with the rows, or it says so."""
-    schema = (ROOT / "src" / "lowtide" / "store" / "sql" / "sqlite.sql").read_text()
+    schema = migrations.install_script("sqlite")
     db = tmp_path / "lowtide.db"
     with closing(sqlite3.connect(db)) as conn:
         conn.executescript(schema)
@@ -244,8 +245,8 @@ def test_the_checker_reads_the_requests_table(tmp_path: Path) -> None:
         for line, state in ((1, 2), (2, 1)):  # line 2 is still leased: not terminal
             result = json.dumps(_result(f"c-{line - 1}", 10)) + "\n"
             conn.execute(
-                "INSERT INTO requests (batch_id, line, custom_id, offset, length, state, result)"
-                " VALUES ('batch_x', ?, ?, 0, 0, ?, ?)",
+                "INSERT INTO requests (batch_id, line, custom_id, byte_offset, length, state,"
+                " result) VALUES ('batch_x', ?, ?, 0, 0, ?, ?)",
                 (line, f"c-{line - 1}", state, result.encode()),
             )
         conn.commit()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,7 @@ def expected_line(batch_id: str, row: Sequence[Any]) -> bytes:
 
 def schema_2_sqlite() -> str:
     """The SQLite schema as version 2 had it: ``body`` where version 3 has ``result``."""
-    text = resources.files("lowtide.store").joinpath("sql/sqlite.sql").read_text()
-    current = next(line for line in text.splitlines() if line.strip().startswith("result "))
-    return text.replace(current, "    body             BLOB,")
+    return "\n".join(m.sql for m in migrations.migrations("sqlite")[:2])
 
 
 async def results(url: str, batch_id: str) -> list[tuple[Any, ...]]:
@@ -112,8 +109,8 @@ async def test_sqlite_schema_2_database_gets_rendered_lines(tmp_path: Path) -> N
     assert [r[3] for r in await results(f"sqlite:///{path}", "batch_old")] == [None] * 3
     conn = sqlite3.connect(path)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    assert "result" in columns and "body" not in columns
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert "result" in columns and "body" not in columns and "byte_offset" in columns
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest("sqlite")
     conn.close()
 
 

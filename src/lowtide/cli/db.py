@@ -57,12 +57,12 @@ def upgrade(config_path: Path | None, database_url: str | None) -> None:
 def print_schema(dialect: str) -> None:
     """Print the SQL of a fresh install, without connecting to anything.
 
-    For PostgreSQL it includes the migration bookkeeping, so that a database set up from it
-    is later upgraded like any other.
+    It includes the migration bookkeeping (PostgreSQL's schema_migrations, SQLite's
+    user_version), so that a database set up from it is later upgraded like any other.
 
     \b
     Example:
         lowtide db print | psql "$DATABASE_URL"
     """
-    sql = migrations.install_script() if dialect == "postgres" else migrations.schema_sql(dialect)
+    sql = migrations.install_script(dialect)
     click.echo(sql, nl=not sql.endswith("\n"))

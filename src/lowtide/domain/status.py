@@ -5,14 +5,21 @@ validating ──ok──> in_progress ──all lines done──> finalizing �
     │                  │  └──window elapsed──> finalizing ──> expired
     │                  └──cancel──> cancelling ──in-flight done──> cancelled
     ├──validation error──> failed
-    ├──window elapsed──> expired
+    ├──window elapsed──> finalizing ──> expired
     └──cancel──> cancelling ──> cancelled
 ```
+
+``MOVES`` is the only source of truth for which status may follow which: the stores write the
+allowed sources into every statement that moves a batch (``{from.<status>}`` in their SQL
+files), and the database itself refuses any other move (a trigger that checks the
+``batch_moves`` table, filled from ``MOVES`` whenever a store opens).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -30,34 +37,26 @@ TERMINAL: frozenset[Status] = frozenset(
     {Status.FAILED, Status.COMPLETED, Status.EXPIRED, Status.CANCELLED}
 )
 
-# The only transitions the engine and the service may make.
-_ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.VALIDATING: frozenset(
-        {Status.IN_PROGRESS, Status.FAILED, Status.CANCELLING, Status.FINALIZING}
-    ),
-    Status.IN_PROGRESS: frozenset({Status.FINALIZING, Status.CANCELLING}),
-    Status.CANCELLING: frozenset({Status.CANCELLED}),
-    Status.FINALIZING: frozenset({Status.COMPLETED, Status.EXPIRED}),
-    Status.FAILED: frozenset(),
-    Status.COMPLETED: frozenset(),
-    Status.EXPIRED: frozenset(),
-    Status.CANCELLED: frozenset(),
-}
-
-# Which timestamp column a transition into a status sets.
-TIMESTAMP_OF: dict[Status, str] = {
-    Status.IN_PROGRESS: "in_progress_at",
-    Status.FAILED: "failed_at",
-    Status.FINALIZING: "finalizing_at",
-    Status.COMPLETED: "completed_at",
-    Status.EXPIRED: "expired_at",
-    Status.CANCELLING: "cancelling_at",
-    Status.CANCELLED: "cancelled_at",
-}
+#: The only moves the engine and the service may make: status -> the statuses it may become.
+MOVES: Mapping[Status, frozenset[Status]] = MappingProxyType(
+    {
+        Status.VALIDATING: frozenset(
+            {Status.IN_PROGRESS, Status.FAILED, Status.CANCELLING, Status.FINALIZING}
+        ),
+        Status.IN_PROGRESS: frozenset({Status.FINALIZING, Status.CANCELLING}),
+        Status.CANCELLING: frozenset({Status.CANCELLED}),
+        Status.FINALIZING: frozenset({Status.COMPLETED, Status.EXPIRED}),
+        Status.FAILED: frozenset(),
+        Status.COMPLETED: frozenset(),
+        Status.EXPIRED: frozenset(),
+        Status.CANCELLED: frozenset(),
+    }
+)
 
 
-def can_move(src: Status, dst: Status) -> bool:
-    return dst in _ALLOWED[src]
+def sources(dst: Status) -> list[Status]:
+    """The statuses a batch may move to ``dst`` from, in declaration order."""
+    return [src for src in Status if dst in MOVES[src]]
 
 
 def parse_statuses(text: str) -> list[Status]:

@@ -4,9 +4,11 @@ Why slots leased in the database rather than a static split (ceiling / number of
 a static split wastes the share of idle or dead workers and needs every worker to agree on
 how many there are. Here each worker holds a number of slot leases (rows in the database)
 and uses only those; it asks for more while it has work it cannot start, and gives back what
-it does not use, so the whole ceiling flows to whoever has work. A worker that dies loses its
-slots when their lease runs out. The hot path never touches the database for this: a worker
-checks capacity in memory and renews its slots every ``interval`` seconds.
+it does not use, so the whole ceiling flows to whoever has work. While several workers want
+slots, the store grants each at most its fair share (``lowtide.store.slots``): the first to
+ask does not keep everything. A worker that dies loses its slots when their lease runs out.
+The hot path never touches the database for this: a worker checks capacity in memory and
+renews its slots every ``interval`` seconds.
 
 A worker that is not renewed in time (frozen by SIGSTOP or a VM pause, cut off from the
 database) stops starting requests when its lease runs out by its own clock (``granted_until``):
@@ -61,8 +63,9 @@ class CapacityKeeper:
         for name in self.names:
             slot = self.router.slot(name)
             ceiling = slot.backend.max_concurrency
-            # Starved: ask for the whole ceiling (the database grants what is free).
-            # Otherwise keep what is in use and a little headroom, and give back the rest.
+            # Starved: ask for the whole ceiling (the database grants what is free, up to a
+            # fair share while other workers wait). Otherwise keep what is in use and a little
+            # headroom, and give back the rest.
             want = ceiling if slot.starved else min(ceiling, slot.in_flight + 1)
             slot.starved = False
             if slot.granted is not None and want < slot.granted:
@@ -70,8 +73,10 @@ class CapacityKeeper:
                 # runs would otherwise use slots that another worker may already have.
                 slot.granted = want
             now = time.time()  # the lease the database records starts now, not after the call
+            # Slots running requests are kept even when the share shrinks: nothing new starts
+            # on them, and they go back as those requests end.
             slot.granted = await self.store.acquire_slots(
-                name, self.owner, want, ceiling, now, self.lease
+                name, self.owner, want, ceiling, now, self.lease, slot.in_flight
             )
             slot.granted_until = now + self.lease
             metrics.CONCURRENCY_LIMIT.labels(name).set(slot.granted)

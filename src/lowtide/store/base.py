@@ -1,8 +1,13 @@
-"""The durable-state port: a small async interface named after what the service and engine do.
+"""The durable-state port: small async interfaces named after what the service and engine do.
 
-Implementations: ``lowtide.store.sqlite`` (default); chosen from the URL by ``open_store``.
+``Store`` is all of them at once, and what both implementations satisfy (``lowtide.store.sqlite``
+and ``lowtide.store.postgres``, chosen from the URL by ``open_store``); a caller that needs one
+use case only may name its part: ``FileStore``, ``BatchStore`` (the control plane),
+``ValidationWork``, ``DispatchWork`` and ``FinalizationWork`` (the engine), ``AccountStore``
+(rate limits, API keys, idempotency keys) and ``RetentionStore``.
+
 Every method that commits a request's result is fenced by the lease epoch, so a worker whose
-lease was taken over can never overwrite the newer owner's result (design invariant 5).
+lease was taken over can never overwrite the newer owner's result.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from lowtide.domain.validation import RequestLine
 from lowtide.domain.work import ActiveBatch, Claim, Outcome, ResultRow
 
 
-class Store(Protocol):
+class Lifecycle(Protocol):
+    """Opening, closing and waking: what every process does with its store."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -31,7 +38,9 @@ class Store(Protocol):
     async def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever another process notifies (no-op for a one-process store)."""
 
-    # --- files -------------------------------------------------------------------------------
+
+class FileStore(Protocol):
+    """Files: uploads, results, and what a deleted input leaves behind."""
 
     async def create_file(
         self, record: FileRecord, idempotency: IdempotencyClaim | None = None
@@ -61,7 +70,9 @@ class Store(Protocol):
     async def file_usage(self, account: str) -> tuple[int, int]:
         """(number of files, bytes stored) of an account."""
 
-    # --- batches (control plane) -------------------------------------------------------------
+
+class BatchStore(Protocol):
+    """Batches as the API sees them: create, read, list, cancel; gauges."""
 
     async def create_batch(
         self, record: BatchRecord, idempotency: IdempotencyClaim | None = None
@@ -80,7 +91,12 @@ class Store(Protocol):
     async def request_cancel(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
         """Move a validating / in_progress batch to cancelling; return the batch as it is now."""
 
-    # --- engine: validation ------------------------------------------------------------------
+    async def status_summary(self) -> tuple[dict[str, int], int]:
+        """Batches by status, and request lines of live batches without a result yet."""
+
+
+class ValidationWork(Protocol):
+    """The engine's first step: lease a new batch, check its input, start it."""
 
     async def claim_validation(self, owner: str, now: float, lease: float) -> BatchRecord | None:
         """Lease one batch in ``validating`` whose lease is free or expired."""
@@ -100,7 +116,9 @@ class Store(Protocol):
         self, batch_id: str, owner: str, errors: list[JsonDict], now: int
     ) -> bool: ...
 
-    # --- engine: dispatch --------------------------------------------------------------------
+
+class DispatchWork(Protocol):
+    """The engine's hot path: claim requests, commit their outcomes, keep leases."""
 
     async def active_batches(self) -> list[ActiveBatch]:
         """Batches in progress, earliest deadline first."""
@@ -126,15 +144,26 @@ class Store(Protocol):
         """The earliest ``not_before`` of a pending request waiting for a retry."""
 
     async def acquire_slots(
-        self, backend: str, owner: str, want: int, limit: int, now: float, lease: float
+        self,
+        backend: str,
+        owner: str,
+        want: int,
+        limit: int,
+        now: float,
+        lease: float,
+        in_use: int = 0,
     ) -> int:
-        """Hold up to ``want`` of the ``limit`` concurrency slots of a backend, fleet-wide.
+        """Hold up to ``want`` of the ``limit`` concurrency slots of a backend, fleet-wide,
+        shared fairly with the other workers that want them (``lowtide.store.slots``).
 
-        Returns how many slots ``owner`` holds now (leased until ``now + lease``); slots held
-        beyond ``want`` are given back. This is how ``max_concurrency`` holds across workers.
+        Returns how many slots ``owner`` may use now (leased until ``now + lease``); slots held
+        beyond that are given back, except the ``in_use`` ones still running requests. This is
+        how ``max_concurrency`` holds across workers.
         """
 
-    # --- engine: expiry, cancel, finalisation ------------------------------------------------
+
+class FinalizationWork(Protocol):
+    """The engine's last step: expire, lease and finish batches, read results."""
 
     async def expire_due(self, now: int) -> list[str]:
         """Move batches past ``expires_at`` to finalizing (ending expired)."""
@@ -166,17 +195,12 @@ class Store(Protocol):
     ) -> bool:
         """Publish the result files and the terminal status in one transaction."""
 
-    # --- operations --------------------------------------------------------------------------
 
-    async def status_summary(self) -> tuple[dict[str, int], int]:
-        """Batches by status, and request lines of live batches without a result yet."""
-
-    # --- accounts ----------------------------------------------------------------------------
+class AccountStore(Protocol):
+    """Per-account rate limits, API keys and idempotency keys."""
 
     async def rate_limit_hit(self, key: str, window: int, now: float) -> int:
         """Count one request of ``key`` in the minute ``window``; return the window's count."""
-
-    # --- API keys (``lowtide keys``) ---------------------------------------------------------
 
     async def create_api_key(self, record: ApiKeyRecord, digest: bytes) -> None:
         """Store a key by the SHA-256 ``digest`` of its secret (never the secret itself)."""
@@ -193,8 +217,6 @@ class Store(Protocol):
     async def revoke_api_key(self, key_id: str, now: int) -> ApiKeyRecord | None:
         """Revoke a key (a key revoked before keeps its first ``revoked_at``); None if unknown."""
 
-    # --- idempotency keys --------------------------------------------------------------------
-
     async def find_idempotency(
         self, account: str, kind: str, key: str, since: int
     ) -> IdempotencyRecord | None:
@@ -203,7 +225,9 @@ class Store(Protocol):
     async def forget_idempotency(self, before: int) -> int:
         """Delete keys recorded before ``before``; returns how many."""
 
-    # --- retention ---------------------------------------------------------------------------
+
+class RetentionStore(Protocol):
+    """Forgetting what is past retention, and the blobs it leaves."""
 
     async def expire_files(self, now: int, limit: int) -> int:
         """Forget up to ``limit`` files past their ``expires_at`` and queue their bytes for
@@ -220,3 +244,17 @@ class Store(Protocol):
         """Delete the request rows of up to ``limit`` terminal batches created before
         ``created_before`` (past retention: no one can see them any more); returns how many
         batches. The batch rows stay, for usage records."""
+
+
+class Store(
+    Lifecycle,
+    FileStore,
+    BatchStore,
+    ValidationWork,
+    DispatchWork,
+    FinalizationWork,
+    AccountStore,
+    RetentionStore,
+    Protocol,
+):
+    """Everything the service and the engine keep: what both stores implement."""

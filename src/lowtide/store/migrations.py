@@ -1,28 +1,37 @@
-"""Schema versions for PostgreSQL: a fresh install gets ``schema.sql``, an existing database
-the numbered migrations it has not had yet.
+"""Schema versions, the same way for both dialects: a fresh database gets ``schema.sql``, an
+existing one the numbered migrations it has not had yet.
 
-Both run inside one transaction holding an advisory lock, so several processes starting at
-once against a new or old database do not race: the first applies what is missing, the others
-wait and then find nothing to do. ``schema_migrations`` records what was applied.
+Files: ``sql/<dialect>/schema.sql`` and ``sql/<dialect>/migrations/NNNN_name.sql``. Both
+dialects have the same versions (a version SQLite needs and PostgreSQL does not is a no-op
+there), so version N means the same schema in both. A new migration changes the dialect's
+``schema.sql`` too (a test checks they give the same schema); a migration that needs lowtide's
+own code has a Python step in ``AFTER_POSTGRES`` / ``AFTER_SQLITE``, run in its transaction.
+Request states and statuses are written by name in these files, as in the queries.
 
-Files: ``sql/postgres/schema.sql`` and ``sql/postgres/migrations/NNNN_name.sql``. A new
-migration changes both (a test checks they give the same schema); a migration that needs
-lowtide's own code has a Python step in ``AFTER``, run in the same transaction. SQLite keeps
-its own approach: ``sql/sqlite.sql`` is applied with ``IF NOT EXISTS`` when the store opens,
-and ``PRAGMA user_version`` tells which changes an older file still needs (store/sqlite.py).
+What is applied is recorded in ``schema_migrations`` (PostgreSQL) or ``PRAGMA user_version``
+(SQLite: the last version applied). On PostgreSQL the upgrade runs in one transaction holding
+an advisory lock, so several processes starting at once do not race: the first applies what
+is missing, the others wait and then find nothing to do. On SQLite it runs in one
+``BEGIN IMMEDIATE`` transaction (one process owns the file).
+
+Every upgrade ends by making the ``batch_moves`` table equal to the state machine's moves
+(``lowtide.domain.status.MOVES``): the database refuses any other change of a batch's status.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from lowtide import errors
-from lowtide.domain.status import TERMINAL
-from lowtide.store import rows
+from lowtide.domain.status import MOVES
+from lowtide.store import queries, rows
+from lowtide.store.queries import Dialect
 
 #: ``pg_advisory_xact_lock`` key: "lowtide" in ASCII, so that it is recognisable in pg_locks.
 LOCK_KEY = 0x6C6F7774696465
@@ -36,6 +45,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_APPLIED = "SELECT COALESCE(array_agg(version), '{}') FROM schema_migrations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,26 +55,32 @@ class Migration:
     sql: str
 
 
-def _sql_dir() -> Any:
-    return resources.files("lowtide.store").joinpath("sql")
-
-
-def schema_sql(dialect: str = "postgres") -> str:
-    """What a fresh database gets (without the bookkeeping table)."""
-    if dialect == "sqlite":
-        return str(_sql_dir().joinpath("sqlite.sql").read_text())
-    if dialect == "postgres":
-        return str(_sql_dir().joinpath("postgres/schema.sql").read_text())
+def _dialect(dialect: str) -> Dialect:
+    for known in queries.DIALECTS:
+        if dialect == known:
+            return known
     raise errors.ConfigError(f"unknown SQL dialect {dialect!r}: use postgres or sqlite")
 
 
-def migrations() -> list[Migration]:
-    """The PostgreSQL migrations, in version order."""
+def _sql_dir(dialect: Dialect) -> Any:
+    return resources.files("lowtide.store").joinpath("sql", dialect)
+
+
+def schema_sql(dialect: str = "postgres") -> str:
+    """What a fresh database gets (without the bookkeeping)."""
+    text = _sql_dir(_dialect(dialect)).joinpath("schema.sql").read_text(encoding="utf-8")
+    return queries.substitute(str(text))
+
+
+@functools.cache
+def migrations(dialect: str = "postgres") -> list[Migration]:
+    """The migrations of a dialect, in version order."""
     found = []
-    for entry in _sql_dir().joinpath("postgres/migrations").iterdir():
+    for entry in _sql_dir(_dialect(dialect)).joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+            sql = queries.substitute(entry.read_text(encoding="utf-8"))
+            found.append(Migration(int(match[1]), match[2], sql))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(versions) != len(set(versions)):
@@ -72,18 +88,38 @@ def migrations() -> list[Migration]:
     return found
 
 
-def install_script() -> str:
+def latest(dialect: str = "postgres") -> int:
+    """The version a database of ``dialect`` is at once it is up to date."""
+    return migrations(dialect)[-1].version
+
+
+def moves() -> list[tuple[str, str]]:
+    """The rows of ``batch_moves``, sorted as the ``batch_moves`` statement reads them."""
+    return sorted((src.value, dst.value) for src, dsts in MOVES.items() for dst in dsts)
+
+
+def install_script(dialect: str = "postgres") -> str:
     """The whole fresh install as one script, bookkeeping included (``lowtide db print``):
-    a database set up from it is upgraded later by ``lowtide db upgrade`` like any other."""
+    a database set up from it is upgraded later by lowtide like any other."""
+    values = ",\n    ".join(f"('{src}', '{dst}')" for src, dst in moves())
+    fill_moves = f"INSERT INTO batch_moves (src, dst) VALUES\n    {values};\n"
+    if _dialect(dialect) == "sqlite":
+        return (
+            f"BEGIN;\n\n{schema_sql('sqlite')}\n{fill_moves}\n"
+            f"PRAGMA user_version = {latest('sqlite')};\n\nCOMMIT;\n"
+        )
     marks = ",\n    ".join(f"({m.version}, '{m.name}')" for m in migrations())
     return (
-        f"BEGIN;\n\n{BOOKKEEPING}\n{schema_sql('postgres')}\n"
+        f"BEGIN;\n\n{BOOKKEEPING}\n{schema_sql('postgres')}\n{fill_moves}\n"
         f"INSERT INTO schema_migrations (version, name) VALUES\n    {marks};\n\nCOMMIT;\n"
     )
 
 
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
 async def upgrade(conn: Any, *, fresh_schema: bool = True) -> list[int]:
-    """Bring the database of ``conn`` (an asyncpg connection) to the latest version.
+    """Bring the PostgreSQL database of ``conn`` (an asyncpg connection) to the latest version.
 
     An empty database gets ``schema.sql`` (unless ``fresh_schema`` is False: the drift test
     runs the migrations instead). Returns the versions applied now; [] if it was up to date.
@@ -93,32 +129,28 @@ async def upgrade(conn: Any, *, fresh_schema: bool = True) -> list[int]:
         await conn.execute(BOOKKEEPING)
         applied = {int(v) for v in await conn.fetchval(_APPLIED)}
         todo = [m for m in migrations() if m.version not in applied]
-        if not todo:
-            return []
-        if not applied and fresh_schema:
+        if todo and not applied and fresh_schema:
             await conn.execute(schema_sql("postgres"))
-        else:
+        elif todo:
             for migration in todo:
                 await conn.execute(migration.sql)
-                if migration.version in AFTER:
-                    await AFTER[migration.version](conn)
+                if migration.version in AFTER_POSTGRES:
+                    await AFTER_POSTGRES[migration.version](conn)
         await conn.executemany(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
             [(m.version, m.name) for m in todo],
         )
+        q = queries.load("postgres")
+        if [tuple(r) for r in await conn.fetch(q["batch_moves"])] != moves():
+            await conn.execute(q["forget_batch_moves"])
+            await conn.executemany(q["add_batch_move"], moves())
         return [m.version for m in todo]
 
 
-async def _store_result_lines(conn: Any) -> None:
+async def _pg_store_result_lines(conn: Any) -> None:
     """Migration 3: render the result lines of batches still running from the columns that
     schema 2 kept (the same renderer as new outcomes), then drop ``body``."""
-    terminal = [s.value for s in TERMINAL]
-    old = await conn.fetch(
-        "SELECT r.batch_id, r.line, r.custom_id, r.state, r.status_code, r.request_id, r.body,"
-        " r.error_code, r.error_message FROM requests r JOIN batches b ON b.id = r.batch_id"
-        " WHERE r.state IN (2, 3) AND b.status <> ALL($1::text[])",
-        terminal,
-    )
+    old = await conn.fetch(_LEGACY_ROWS)
     await conn.executemany(
         "UPDATE requests SET result = $1 WHERE batch_id = $2 AND line = $3",
         [(rows.legacy_result_line(r), r[0], r[1]) for r in old],
@@ -126,11 +158,74 @@ async def _store_result_lines(conn: Any) -> None:
     await conn.execute("ALTER TABLE requests DROP COLUMN body")
 
 
+# --- SQLite ----------------------------------------------------------------------------------
+
+
+def upgrade_sqlite(conn: sqlite3.Connection, *, fresh_schema: bool = True) -> list[int]:
+    """Bring the SQLite database of ``conn`` (autocommit mode) to the latest version, in one
+    transaction; as ``upgrade``. ``PRAGMA user_version`` is the last version applied."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        todo = [m for m in migrations("sqlite") if m.version > version]
+        if todo and version == 0 and fresh_schema:
+            run_script(conn, schema_sql("sqlite"))
+        elif todo:
+            for migration in todo:
+                run_script(conn, migration.sql)
+                if migration.version in AFTER_SQLITE:
+                    AFTER_SQLITE[migration.version](conn)
+        if todo:
+            conn.execute(f"PRAGMA user_version = {todo[-1].version}")
+        q = queries.load("sqlite")
+        if [tuple(r) for r in conn.execute(q["batch_moves"])] != moves():
+            conn.execute(q["forget_batch_moves"])
+            conn.executemany(q["add_batch_move"], moves())
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return [m.version for m in todo]
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run a script statement by statement, inside the caller's transaction (``executescript``
+    would commit it first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip() and not all(
+        not part.strip() or part.lstrip().startswith("--") for part in statement.splitlines()
+    ):
+        raise errors.ConfigError(f"incomplete SQL statement at the end of a script: {statement}")
+
+
+def _sqlite_store_result_lines(conn: sqlite3.Connection) -> None:
+    """Migration 3, as ``_pg_store_result_lines``."""
+    old = conn.execute(_LEGACY_ROWS).fetchall()
+    conn.executemany(
+        "UPDATE requests SET result = ? WHERE batch_id = ? AND line = ?",
+        [(rows.legacy_result_line(r), r[0], r[1]) for r in old],
+    )
+    conn.execute("ALTER TABLE requests DROP COLUMN body")
+
+
+# The answered requests of live batches, in the columns ``rows.legacy_result_line`` reads.
+_LEGACY_ROWS = queries.substitute(
+    "SELECT r.batch_id, r.line, r.custom_id, r.state, r.status_code, r.request_id, r.body,"
+    " r.error_code, r.error_message FROM requests r JOIN batches b ON b.id = r.batch_id"
+    " WHERE r.state IN ({state.succeeded}, {state.failed})"
+    " AND b.status NOT IN {statuses.terminal}"
+)
+
+
 #: Python steps run right after the SQL migration of the same version, in its transaction:
 #: for changes that need lowtide's own code (rendering result lines).
-AFTER: dict[int, Callable[[Any], Awaitable[None]]] = {3: _store_result_lines}
-
-_APPLIED = "SELECT COALESCE(array_agg(version), '{}') FROM schema_migrations"
+AFTER_POSTGRES: dict[int, Callable[[Any], Awaitable[None]]] = {3: _pg_store_result_lines}
+AFTER_SQLITE: dict[int, Callable[[sqlite3.Connection], None]] = {3: _sqlite_store_result_lines}
 
 
 async def upgrade_database(url: str) -> list[int]:
@@ -139,7 +234,7 @@ async def upgrade_database(url: str) -> list[int]:
         from lowtide.store import open_store
 
         store = open_store(url)
-        await store.open()  # the SQLite schema is applied when the store opens
+        await store.open()  # the SQLite store upgrades its file when it opens
         await store.close()
         return []
     from lowtide.store.postgres import load_asyncpg

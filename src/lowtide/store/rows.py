@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import orjson
 
 from lowtide.domain import ids, lines
-from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, Pricing, Usage
-from lowtide.domain.status import TIMESTAMP_OF, Status
-from lowtide.domain.work import SUCCEEDED, Outcome, RequestState, ResultRow
+from lowtide.domain.records import BatchRecord, FileRecord, Pricing, Usage
+from lowtide.domain.status import Status
+from lowtide.domain.work import RETRY, SUCCEEDED, Outcome, RequestState, ResultRow
 
 _BATCH_TIMES = (
     "in_progress_at",
@@ -57,40 +56,73 @@ def file_from_row(row: Mapping[str, Any]) -> FileRecord:
     )
 
 
-def batch_params(r: BatchRecord) -> dict[str, Any]:
+#: The columns of an ``insert_batch`` statement, in the order of ``batch_params``.
+BATCH_COLUMNS = (
+    "id",
+    "account",
+    "endpoint",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "end_status",
+    "model",
+    "metadata",
+    "name_lower",
+    "created_at",
+    "expires_at",
+    "output_file_id",
+    "error_file_id",
+    "errors",
+    "total",
+    "completed",
+    "failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "input_price",
+    "output_price",
+    "discount",
+    "currency",
+    "output_expires_after",
+    *_BATCH_TIMES,
+)
+
+
+def batch_params(r: BatchRecord) -> tuple[Any, ...]:
+    """The parameters of ``insert_batch`` (``BATCH_COLUMNS``)."""
     metadata = orjson.dumps(r.metadata).decode() if r.metadata is not None else None
     name = (r.metadata or {}).get("ds_name")
-    params: dict[str, Any] = {
-        "id": r.id,
-        "account": r.account,
-        "endpoint": r.endpoint,
-        "input_file_id": r.input_file_id,
-        "completion_window": r.completion_window,
-        "status": r.status.value,
-        "end_status": r.end_status.value if r.end_status else None,
-        "model": r.model,
-        "metadata": metadata,
-        "name_lower": name.lower() if name else None,
-        "created_at": r.created_at,
-        "expires_at": r.expires_at,
-        "output_file_id": r.output_file_id,
-        "error_file_id": r.error_file_id,
-        "errors": orjson.dumps(r.errors).decode() if r.errors is not None else None,
-        "total": r.total,
-        "completed": r.completed,
-        "failed": r.failed,
-        "input_tokens": r.usage.input_tokens,
-        "cached_tokens": r.usage.cached_tokens,
-        "output_tokens": r.usage.output_tokens,
-        "reasoning_tokens": r.usage.reasoning_tokens,
-        "input_price": r.pricing.input_price,
-        "output_price": r.pricing.output_price,
-        "discount": r.pricing.discount,
-        "currency": r.pricing.currency,
-        "output_expires_after": r.output_expires_after,
-    }
-    params.update({name: getattr(r, name) for name in _BATCH_TIMES})
-    return params
+    return (
+        r.id,
+        r.account,
+        r.endpoint,
+        r.input_file_id,
+        r.completion_window,
+        r.status.value,
+        r.end_status.value if r.end_status else None,
+        r.model,
+        metadata,
+        name.lower() if name else None,
+        r.created_at,
+        r.expires_at,
+        r.output_file_id,
+        r.error_file_id,
+        orjson.dumps(r.errors).decode() if r.errors is not None else None,
+        r.total,
+        r.completed,
+        r.failed,
+        r.usage.input_tokens,
+        r.usage.cached_tokens,
+        r.usage.output_tokens,
+        r.usage.reasoning_tokens,
+        r.pricing.input_price,
+        r.pricing.output_price,
+        r.pricing.discount,
+        r.pricing.currency,
+        r.output_expires_after,
+        *(getattr(r, name) for name in _BATCH_TIMES),
+    )
 
 
 def batch_from_row(row: Mapping[str, Any]) -> BatchRecord:
@@ -125,33 +157,6 @@ def _json_or_none(text: str | bytes | None) -> Any:
     return orjson.loads(text) if text is not None else None
 
 
-def batch_filter_sql(account: str | None, flt: BatchFilter) -> tuple[list[str], list[Any]]:
-    """WHERE clauses (with ``?`` marks) for the list filters; portable SQL."""
-    where: list[str] = []
-    params: list[Any] = []
-    if account is not None:
-        where.append("account = ?")
-        params.append(account)
-    if flt.statuses:
-        where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
-        params.extend(s.value for s in flt.statuses)
-    if flt.name_contains:
-        where.append("instr(name_lower, ?) > 0")
-        params.append(flt.name_contains.lower())
-    if flt.input_file_ids:
-        where.append(f"input_file_id IN ({','.join('?' * len(flt.input_file_ids))})")
-        params.extend(flt.input_file_ids)
-    for column, op, value in (
-        ("created_at", ">=", flt.created_after),
-        ("created_at", "<=", flt.created_before),
-        ("created_at", ">=", flt.not_before),
-    ):
-        if value is not None:
-            where.append(f"{column} {op} ?")
-            params.append(value)
-    return where, params
-
-
 @dataclass(slots=True)
 class BatchDelta:
     """What one group commit adds to a batch's counters."""
@@ -165,13 +170,13 @@ class BatchDelta:
 
     def add(self, o: Outcome) -> None:
         if o.kind == SUCCEEDED:
-            # Only 2xx lines are billed (section 13 point 13).
+            # Only 2xx lines are billed.
             self.completed += 1
             self.input_tokens += o.input_tokens
             self.cached_tokens += o.cached_tokens
             self.output_tokens += o.output_tokens
             self.reasoning_tokens += o.reasoning_tokens
-        elif o.kind != "retry":
+        elif o.kind != RETRY:
             self.failed += 1
 
     def params(self) -> tuple[int, ...]:
@@ -183,21 +188,6 @@ class BatchDelta:
             self.output_tokens,
             self.reasoning_tokens,
         )
-
-
-# Portable queries for the metrics' store gauges.
-STATUS_COUNTS_SQL = "SELECT status, COUNT(*) FROM batches GROUP BY status"
-LINES_PENDING_SQL = (
-    "SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches"
-    " WHERE status IN ('in_progress', 'cancelling', 'finalizing')"
-)
-
-DELTA_SQL = (
-    "UPDATE batches SET completed = completed + ?, failed = failed + ?,"
-    " input_tokens = input_tokens + ?, cached_tokens = cached_tokens + ?,"
-    " output_tokens = output_tokens + ?, reasoning_tokens = reasoning_tokens + ?"
-    " WHERE id = ?"
-)
 
 
 class ChunkSize:
@@ -228,19 +218,6 @@ async def result_chunks(
         size.after(chunk)
 
 
-def result_chunk(
-    c: sqlite3.Connection, batch_id: str, after_line: int, limit: int
-) -> list[ResultRow]:
-    cursor = c.cursor()
-    cursor.row_factory = None  # plain tuples: they are the ResultRow
-    result: list[ResultRow] = cursor.execute(
-        "SELECT line, state, CASE WHEN result IS NULL THEN custom_id END, result FROM requests"
-        " WHERE batch_id = ? AND line > ? ORDER BY line LIMIT ?",
-        (batch_id, after_line, limit),
-    ).fetchall()
-    return result
-
-
 def legacy_result_line(r: Sequence[Any]) -> bytes:
     """The result line of a request recorded by schema 2, from its columns ``batch_id, line,
     custom_id, state, status_code, request_id, body, error_code, error_message``."""
@@ -261,7 +238,3 @@ def result_file_ids(files: Sequence[FileRecord]) -> tuple[str | None, str | None
     output = next((f.id for f in files if f.id.startswith(ids.OUTPUT_FILE_PREFIX)), None)
     error = next((f.id for f in files if f.id.startswith(ids.ERROR_FILE_PREFIX)), None)
     return output, error
-
-
-def timestamp_column(status: Status) -> str:
-    return TIMESTAMP_OF[status]

@@ -1,5 +1,7 @@
--- The PostgreSQL store's statements (lowtide.store.postgres), one per `-- name:` block.
--- Parameters are $1, $2...: their meaning is in the calling method.
+-- The PostgreSQL store's statements (lowtide.store.postgres), one per `-- name:` block; the
+-- SQLite store has the same names (sql/sqlite/queries.sql). Parameters are $1, $2... in the
+-- same order as there; their meaning is in the calling method. Statuses and request states
+-- are written by name ({status.x}, {state.x}, {from.x}: see lowtide.store.queries).
 --
 -- Rows locked with FOR UPDATE are always picked in a MATERIALIZED CTE and joined: written as
 -- `WHERE key IN (SELECT ... LIMIT n FOR UPDATE)` the planner may rescan the subquery once
@@ -7,66 +9,140 @@
 -- loop semi join: a claim of 3 took 5). Statements that lock many request rows lock them in
 -- (batch_id, line) order, and request rows before batch rows, so that they cannot deadlock.
 
+-- name: ping
+SELECT 1
+
+-- name: notify
+SELECT pg_notify($1, '')
+
+-- === files ===================================================================================
+
 -- name: insert_file
 INSERT INTO files (id, account, purpose, filename, bytes, created_at, expires_at, status,
     blob_key)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 
+-- name: get_file
+SELECT * FROM files WHERE id = $1
+
+-- name: list_files
+SELECT * FROM files WHERE {where} ORDER BY seq {order} LIMIT {limit}
+
+-- name: delete_file
+DELETE FROM files WHERE id = $1 AND account = $2 RETURNING *
+
+-- name: file_usage
+SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE account = $1
+
+-- name: kept_input
+SELECT purpose, blob_key FROM kept_inputs WHERE batch_id = $1
+
+-- name: keep_inputs
+-- Files gone (purposes, blob keys, file ids, accounts): keep them as the input of the
+-- account's batches still validating, which were created while the file existed.
+INSERT INTO kept_inputs (batch_id, purpose, blob_key)
+SELECT b.id, f.purpose, f.blob_key
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS f (purpose, blob_key, file_id,
+    account)
+JOIN batches b ON b.input_file_id = f.file_id AND b.account = f.account
+WHERE b.status = {status.validating}
+
+-- name: queue_blob_deletions
+INSERT INTO blob_deletions (blob_key, file_id, queued_at)
+SELECT k, f, $3 FROM unnest($1::text[], $2::text[]) AS d (k, f)
+ON CONFLICT (blob_key) DO NOTHING
+
+-- === batches: control plane ==================================================================
+
+-- name: insert_batch
+-- Columns in the order of lowtide.store.rows.BATCH_COLUMNS (a test checks it).
+INSERT INTO batches (id, account, endpoint, input_file_id, completion_window, status,
+    end_status, model, metadata, name_lower, created_at, expires_at, output_file_id,
+    error_file_id, errors, total, completed, failed, input_tokens, cached_tokens, output_tokens,
+    reasoning_tokens, input_price, output_price, discount, currency, output_expires_after,
+    in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at,
+    cancelled_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::json, $10, $11, $12, $13, $14, $15::json, $16, $17,
+    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
+
+-- name: get_batch
+SELECT * FROM batches WHERE id = $1
+
+-- name: list_batches
+-- Newest first; {where} holds the list filters (lowtide.store.filters).
+SELECT * FROM batches WHERE {where} ORDER BY seq DESC LIMIT {limit}
+
+-- name: count_live_batches
+SELECT COUNT(*) FROM batches WHERE account = $1 AND endpoint = $2
+AND status NOT IN {statuses.terminal}
+
 -- name: cancel
 -- The batch as it is after the cancel, or as it was if it could not be cancelled.
 WITH moved AS (
-    UPDATE batches SET status = 'cancelling', end_status = 'cancelled', cancelling_at = $1
-    WHERE id = $2 AND account = $3 AND status IN ('validating', 'in_progress')
+    UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
+        cancelling_at = $1
+    WHERE id = $2 AND account = $3 AND status IN {from.cancelling}
     RETURNING *)
 SELECT * FROM moved
 UNION ALL
 SELECT * FROM batches WHERE id = $2 AND account = $3 AND NOT EXISTS (SELECT 1 FROM moved)
 
+-- === engine: validation ======================================================================
+
 -- name: claim_validation
 UPDATE batches SET lease_owner = $1, lease_until = $2
-WHERE id = (SELECT id FROM batches WHERE status = 'validating' AND lease_until < $3
+WHERE id = (SELECT id FROM batches WHERE status = {status.validating} AND lease_until < $3
             ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING *
 
 -- name: start_batch
 WITH moved AS (
-    UPDATE batches SET status = 'in_progress', in_progress_at = $1, model = $2, total = $3,
-        input_price = $4, output_price = $5, discount = $6, currency = $7,
+    UPDATE batches SET status = {status.in_progress}, in_progress_at = $1, model = $2,
+        total = $3, input_price = $4, output_price = $5, discount = $6, currency = $7,
         lease_owner = NULL, lease_until = 0
-    WHERE id = $8 AND lease_owner = $9 AND status = 'validating'
+    WHERE id = $8 AND lease_owner = $9 AND status IN {from.in_progress}
     RETURNING 1)
 SELECT COUNT(*) FROM moved
 
 -- name: fail_batch
 WITH moved AS (
-    UPDATE batches SET status = 'failed', failed_at = $1, errors = $2::json,
+    UPDATE batches SET status = {status.failed}, failed_at = $1, errors = $2::json,
         lease_owner = NULL, lease_until = 0
-    WHERE id = $3 AND lease_owner = $4 AND status = 'validating'
+    WHERE id = $3 AND lease_owner = $4 AND status IN {from.failed}
     RETURNING 1)
 SELECT COUNT(*) FROM moved
 
 -- name: drop_batch_lease
 UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2
 
--- name: drop_owner_batch_leases
-UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = $1
+-- name: delete_requests
+DELETE FROM requests WHERE batch_id = $1
+
+-- name: insert_requests
+-- absent: the rows are copied in (COPY, asyncpg's copy_records_to_table), not inserted.
+
+-- === engine: dispatch ========================================================================
 
 -- name: active
 SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id
 FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
-WHERE b.status = 'in_progress' ORDER BY b.expires_at, b.seq
+WHERE b.status = {status.in_progress} ORDER BY b.expires_at, b.seq
+
+-- name: claimable_requests
+-- absent: claim_requests returns the rows it claims.
 
 -- name: claim_requests
 -- Workers claiming from the same batch at once skip each other's rows instead of waiting.
 WITH picked AS MATERIALIZED (
-    SELECT line FROM requests WHERE batch_id = $1 AND state = 0 AND not_before <= $4
+    SELECT line FROM requests
+    WHERE batch_id = $1 AND state = {state.pending} AND not_before <= $4
     ORDER BY line LIMIT $5 FOR UPDATE SKIP LOCKED)
-UPDATE requests r SET state = 1, lease_owner = $2, lease_until = $3,
+UPDATE requests r SET state = {state.leased}, lease_owner = $2, lease_until = $3,
     lease_epoch = r.lease_epoch + 1
 FROM picked p WHERE r.batch_id = $1 AND r.line = p.line
 RETURNING r.line, r.custom_id, r.byte_offset, r.length, r.attempts, r.lease_epoch
 
--- name: record
+-- name: record_outcomes
 -- The group commit, in one statement: lock the rows in key order, apply each outcome whose
 -- lease is still the current one (the fence), add what applied to its batch's counters,
 -- and say which batches now have every request done.
@@ -82,7 +158,8 @@ locked AS MATERIALIZED (
     ORDER BY r.batch_id, r.line FOR UPDATE OF r),
 applied AS (
     UPDATE requests r SET
-        state = CASE o.kind WHEN 'retry' THEN 0 WHEN 'succeeded' THEN 2 ELSE 3 END,
+        state = CASE o.kind WHEN 'retry' THEN {state.pending}
+            WHEN 'succeeded' THEN {state.succeeded} ELSE {state.failed} END,
         lease_owner = NULL,
         attempts = o.attempts,
         not_before = CASE WHEN o.kind = 'retry' THEN o.not_before ELSE r.not_before END,
@@ -93,7 +170,7 @@ applied AS (
         error_message = CASE WHEN o.kind = 'retry' THEN r.error_message ELSE o.error_message END
     FROM o JOIN locked l USING (batch_id, line)
     WHERE r.batch_id = o.batch_id AND r.line = o.line
-      AND r.lease_epoch = o.epoch AND r.state = 1
+      AND r.lease_epoch = o.epoch AND r.state = {state.leased}
     RETURNING o.batch_id, o.kind, o.input_tokens, o.cached_tokens, o.output_tokens,
         o.reasoning_tokens),
 delta AS (
@@ -118,32 +195,76 @@ FROM delta d JOIN locked_batches lb ON lb.id = d.batch_id
 WHERE b.id = d.batch_id
 RETURNING b.id, b.completed + b.failed >= b.total
 
+-- name: record_finals
+-- absent: record_outcomes applies every outcome of a group in one statement.
+
+-- name: record_final
+-- absent: record_outcomes applies every outcome of a group in one statement.
+
+-- name: record_retry
+-- absent: record_outcomes applies every outcome of a group in one statement.
+
+-- name: add_to_batch
+-- absent: record_outcomes adds to the batches' counters in the same statement.
+
+-- name: finished_batches
+-- absent: record_outcomes says which batches are done.
+
 -- name: renew_requests
 WITH mine AS MATERIALIZED (
-    SELECT batch_id, line FROM requests WHERE state = 1 AND lease_owner = $1
+    SELECT batch_id, line FROM requests WHERE state = {state.leased} AND lease_owner = $1
     ORDER BY batch_id, line FOR UPDATE)
 UPDATE requests r SET lease_until = $2 FROM mine m
 WHERE r.batch_id = m.batch_id AND r.line = m.line
 
+-- name: renew_batch_leases
+UPDATE batches SET lease_until = $2 WHERE lease_owner = $1
+
 -- name: release_requests
 WITH mine AS MATERIALIZED (
-    SELECT batch_id, line FROM requests WHERE state = 1 AND lease_owner = $1
+    SELECT batch_id, line FROM requests WHERE state = {state.leased} AND lease_owner = $1
     ORDER BY batch_id, line FOR UPDATE)
-UPDATE requests r SET state = 0, lease_owner = NULL FROM mine m
+UPDATE requests r SET state = {state.pending}, lease_owner = NULL FROM mine m
 WHERE r.batch_id = m.batch_id AND r.line = m.line
+
+-- name: release_all_requests
+UPDATE requests SET state = {state.pending}, lease_owner = NULL WHERE state = {state.leased}
+
+-- name: drop_owner_batch_leases
+UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = $1
+
+-- name: drop_all_batch_leases
+UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE lease_owner IS NOT NULL
 
 -- name: reclaim
 -- A row locked by someone else is being committed or renewed right now: skip it (if its
 -- lease really ran out, the next sweep gets it).
 WITH expired AS MATERIALIZED (
-    SELECT batch_id, line FROM requests WHERE state = 1 AND lease_until < $1
+    SELECT batch_id, line FROM requests WHERE state = {state.leased} AND lease_until < $1
     FOR UPDATE SKIP LOCKED)
-UPDATE requests r SET state = 0, lease_owner = NULL FROM expired e
+UPDATE requests r SET state = {state.pending}, lease_owner = NULL FROM expired e
 WHERE r.batch_id = e.batch_id AND r.line = e.line
 
+-- name: next_retry_at
+SELECT MIN(not_before) FROM requests WHERE state = {state.pending} AND not_before > 0
+
+-- === engine: fleet-wide concurrency slots (lowtide.store.slots) =============================
+
+-- name: record_slot_demand
+-- How many slots a worker wants now, until its lease runs out. Taking the backend's lock
+-- first (until commit) makes the grants of one backend one at a time: a fair share computed
+-- from a picture that another worker is changing at the same moment would not be fair.
+INSERT INTO slot_demands (backend, owner, want, lease_until)
+SELECT $1, $2, $3, $4 FROM (SELECT pg_advisory_xact_lock(hashtext('lowtide-slots:' || $1))) l
+ON CONFLICT (backend, owner) DO UPDATE SET want = EXCLUDED.want,
+    lease_until = EXCLUDED.lease_until
+
+-- name: drop_slots_above
+-- A lowered ceiling drops the slot rows above it.
+DELETE FROM backend_slots WHERE backend = $1 AND slot >= $2
+
 -- name: ensure_slots
--- Slot rows 0..limit-1 of a backend (a lowered ceiling drops the rows above it).
-WITH dropped AS (DELETE FROM backend_slots WHERE backend = $1 AND slot >= $2)
+-- Slot rows 0..limit-1 of a backend.
 INSERT INTO backend_slots (backend, slot)
 SELECT $1, g FROM generate_series(0, $2 - 1) g
 WHERE NOT EXISTS (SELECT 1 FROM backend_slots WHERE backend = $1 AND slot = $2 - 1)
@@ -153,6 +274,13 @@ ON CONFLICT DO NOTHING
 WITH renewed AS (
     UPDATE backend_slots SET lease_until = $3 WHERE backend = $1 AND owner = $2 RETURNING 1)
 SELECT COUNT(*) FROM renewed
+
+-- name: slot_demand
+-- The workers that want slots of a backend (their lease has not run out), with how many
+-- they want and how many they hold.
+SELECT d.owner, d.want, (SELECT COUNT(*) FROM backend_slots s
+    WHERE s.backend = d.backend AND s.owner = d.owner AND s.lease_until >= $2)
+FROM slot_demands d WHERE d.backend = $1 AND d.lease_until >= $2 AND d.want > 0
 
 -- name: give_back_slots
 WITH extra AS MATERIALIZED (
@@ -171,31 +299,48 @@ taken AS (
     RETURNING 1)
 SELECT COUNT(*) FROM taken
 
+-- name: release_owner_slots
+UPDATE backend_slots SET owner = NULL, lease_until = 0 WHERE owner = $1
+
+-- name: release_all_slots
+UPDATE backend_slots SET owner = NULL, lease_until = 0 WHERE owner IS NOT NULL
+
+-- name: forget_owner_slot_demand
+DELETE FROM slot_demands WHERE owner = $1
+
+-- name: forget_all_slot_demand
+DELETE FROM slot_demands
+
+-- === engine: expiry, cancel, finalisation ====================================================
+
 -- name: expire
 WITH due AS MATERIALIZED (
-    SELECT id FROM batches WHERE status IN ('validating', 'in_progress') AND expires_at <= $1
+    SELECT id FROM batches WHERE status IN {from.finalizing} AND expires_at <= $1
     FOR UPDATE SKIP LOCKED)
-UPDATE batches b SET status = 'finalizing', end_status = 'expired', finalizing_at = $1
+UPDATE batches b SET status = {status.finalizing}, end_status = {status.expired},
+    finalizing_at = $1
 FROM due d WHERE b.id = d.id
 RETURNING b.id
 
 -- name: to_finalize
 SELECT id FROM batches b WHERE lease_until < $1 AND (
-    (status = 'in_progress' AND completed + failed >= total)
-    OR (status IN ('cancelling', 'finalizing') AND NOT EXISTS (
-        SELECT 1 FROM requests r WHERE r.batch_id = b.id AND r.state = 1
+    (status = {status.in_progress} AND completed + failed >= total)
+    OR (status IN ({status.cancelling}, {status.finalizing}) AND NOT EXISTS (
+        SELECT 1 FROM requests r WHERE r.batch_id = b.id AND r.state = {state.leased}
         AND r.lease_until >= $1)))
 ORDER BY seq
 
 -- name: claim_finalization
+-- A finished in_progress batch moves to finalizing (ending completed); a cancelling or
+-- finalizing one keeps its status and the end status it was given.
 UPDATE batches SET lease_owner = $2, lease_until = $3,
-    status = CASE WHEN status = 'in_progress' THEN 'finalizing' ELSE status END,
-    end_status = COALESCE(end_status, 'completed'),
-    finalizing_at = CASE WHEN status = 'in_progress' THEN $4 ELSE finalizing_at END
+    status = CASE WHEN status = {status.in_progress} THEN {status.finalizing} ELSE status END,
+    end_status = COALESCE(end_status, {status.completed}),
+    finalizing_at = CASE WHEN status = {status.in_progress} THEN $4 ELSE finalizing_at END
 WHERE id = (
     SELECT id FROM batches WHERE id = $1 AND lease_until < $5
-    AND (status IN ('cancelling', 'finalizing')
-         OR (status = 'in_progress' AND completed + failed >= total))
+    AND (status IN ({status.cancelling}, {status.finalizing})
+         OR (status = {status.in_progress} AND completed + failed >= total))
     FOR UPDATE SKIP LOCKED)
 RETURNING *
 
@@ -203,12 +348,44 @@ RETURNING *
 SELECT line, state, CASE WHEN result IS NULL THEN custom_id END, result
 FROM requests WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3
 
+-- name: batch_lease_owner
+SELECT lease_owner FROM batches WHERE id = $1
+
 -- name: fail_unrun
 WITH unrun AS MATERIALIZED (
-    SELECT line FROM requests WHERE batch_id = $1 AND state IN (0, 1)
+    SELECT line FROM requests
+    WHERE batch_id = $1 AND state IN ({state.pending}, {state.leased})
     ORDER BY line FOR UPDATE)
-UPDATE requests r SET state = 3, error_code = $2, error_message = $3, lease_owner = NULL
+UPDATE requests r SET state = {state.failed}, error_code = $2, error_message = $3,
+    lease_owner = NULL
 FROM unrun u WHERE r.batch_id = $1 AND r.line = u.line
+
+-- name: finish_batch
+-- The terminal status $1 and its timestamp; the move itself is checked by the database.
+WITH moved AS (
+    UPDATE batches SET status = $1,
+        completed_at = CASE WHEN $1 = {status.completed} THEN $2 ELSE completed_at END,
+        expired_at = CASE WHEN $1 = {status.expired} THEN $2 ELSE expired_at END,
+        cancelled_at = CASE WHEN $1 = {status.cancelled} THEN $2 ELSE cancelled_at END,
+        output_file_id = $3, error_file_id = $4, failed = failed + $5,
+        lease_owner = NULL, lease_until = 0
+    WHERE id = $6 AND lease_owner = $7
+    RETURNING 1)
+SELECT COUNT(*) FROM moved
+
+-- === operations ==============================================================================
+
+-- name: status_counts
+SELECT status, COUNT(*) FROM batches GROUP BY status
+
+-- name: lines_pending
+SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches
+WHERE status IN ({status.in_progress}, {status.cancelling}, {status.finalizing})
+
+-- === accounts: rate limits, API keys, idempotency keys =======================================
+
+-- name: forget_rate_minutes
+-- absent: rate_limit_hit forgets finished minutes in the same statement.
 
 -- name: rate_limit_hit
 -- Forget finished minutes and count this hit, in one statement.
@@ -216,6 +393,26 @@ WITH gone AS (DELETE FROM rate_limits WHERE minute < $2 - 1)
 INSERT INTO rate_limits AS t (key, minute, count) VALUES ($1, $2, 1)
 ON CONFLICT (key, minute) DO UPDATE SET count = t.count + 1
 RETURNING count
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+
+-- name: find_api_key
+SELECT account FROM api_keys WHERE digest = $1 AND revoked_at IS NULL
+
+-- name: has_api_keys
+SELECT EXISTS (SELECT 1 FROM api_keys)
+
+-- name: list_api_keys
+SELECT id, account, hint, created_at, label, revoked_at FROM api_keys
+WHERE $1::text IS NULL OR account = $1
+ORDER BY created_at, id
+
+-- name: revoke_api_key
+-- A key revoked before keeps its first revoked_at.
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1
+RETURNING id, account, hint, created_at, label, revoked_at
 
 -- name: claim_idempotency
 -- Record an Idempotency-Key, replacing one recorded before $7 (lapsed). A key held by a
@@ -231,10 +428,10 @@ RETURNING 1
 SELECT fingerprint, response, created_at FROM idempotency_keys
 WHERE account = $1 AND kind = $2 AND key = $3 AND created_at >= $4
 
--- name: queue_blob_deletions
-INSERT INTO blob_deletions (blob_key, file_id, queued_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-ON CONFLICT (blob_key) DO NOTHING
+-- name: forget_idempotency
+DELETE FROM idempotency_keys WHERE created_at < $1
+
+-- === retention ===============================================================================
 
 -- name: expire_files
 -- Expired files, oldest expiry first; workers sweeping at once skip each other's rows.
@@ -247,11 +444,31 @@ RETURNING f.blob_key, f.id, f.purpose, f.account
 -- name: blobs_to_delete
 SELECT d.blob_key FROM blob_deletions d WHERE NOT EXISTS (
     SELECT 1 FROM batches b WHERE b.input_file_id = d.file_id
-    AND b.status IN ('validating', 'in_progress', 'cancelling', 'finalizing'))
+    AND b.status IN {statuses.live})
 ORDER BY d.queued_at LIMIT $1
+
+-- name: forget_blob_deletions
+DELETE FROM blob_deletions WHERE blob_key = ANY($1::text[])
+
+-- name: forget_kept_inputs
+DELETE FROM kept_inputs WHERE blob_key = ANY($1::text[])
 
 -- name: retired_batches
 SELECT id FROM batches b WHERE created_at < $1
-AND status IN ('completed', 'failed', 'expired', 'cancelled')
+AND status IN {statuses.terminal}
 AND EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id)
 ORDER BY created_at LIMIT $2
+
+-- name: retire_requests
+DELETE FROM requests WHERE batch_id = ANY($1::text[])
+
+-- === the state machine's table (lowtide.store.migrations keeps it equal to domain MOVES) ====
+
+-- name: batch_moves
+SELECT src, dst FROM batch_moves ORDER BY src, dst
+
+-- name: forget_batch_moves
+DELETE FROM batch_moves
+
+-- name: add_batch_move
+INSERT INTO batch_moves (src, dst) VALUES ($1, $2)

@@ -27,8 +27,7 @@ CREATE TABLE batches (
     endpoint             text NOT NULL,
     input_file_id        text NOT NULL,
     completion_window    text NOT NULL,
-    status               text NOT NULL CHECK (status IN ('validating', 'failed', 'in_progress',
-                             'finalizing', 'completed', 'expired', 'cancelling', 'cancelled')),
+    status               text NOT NULL CHECK (status IN {statuses.all}),
     end_status           text,
     model                text,
     metadata             json,              -- json, not jsonb: keeps the client's key order
@@ -74,7 +73,8 @@ CREATE TABLE requests (
     custom_id        text NOT NULL,
     byte_offset      bigint NOT NULL,      -- the body is read from the input blob, not copied
     length           integer NOT NULL,
-    state            smallint NOT NULL DEFAULT 0 CHECK (state BETWEEN 0 AND 3),
+    state            smallint NOT NULL DEFAULT {state.pending}
+                         CHECK (state BETWEEN {state.pending} AND {state.failed}),
     attempts         integer NOT NULL DEFAULT 0,
     not_before       double precision NOT NULL DEFAULT 0,
     lease_owner      text,
@@ -89,9 +89,9 @@ CREATE TABLE requests (
 ) WITH (fillfactor = 90);
 -- Partial indexes stay as small as the work they find: pending lines in line order (claims),
 -- leased lines (heartbeats, reclaim, "anything in flight?"), lines waiting for a retry.
-CREATE INDEX requests_pending ON requests (batch_id, line) WHERE state = 0;
-CREATE INDEX requests_leased ON requests (batch_id) WHERE state = 1;
-CREATE INDEX requests_waiting ON requests (not_before) WHERE state = 0 AND not_before > 0;
+CREATE INDEX requests_pending ON requests (batch_id, line) WHERE state = {state.pending};
+CREATE INDEX requests_leased ON requests (batch_id) WHERE state = {state.leased};
+CREATE INDEX requests_waiting ON requests (not_before) WHERE state = {state.pending} AND not_before > 0;
 
 -- A backend's max_concurrency shared by a fleet: rows 0..limit-1, each held by one owner
 -- at a time until its lease runs out (see lowtide.engine.capacity).
@@ -154,3 +154,35 @@ CREATE TABLE kept_inputs (
     blob_key    text NOT NULL
 );
 CREATE INDEX kept_inputs_by_blob ON kept_inputs (blob_key);
+
+-- How many slots each worker wants, so that a backend's slots are shared fairly between the
+-- workers that want them (lowtide.store.slots).
+CREATE TABLE slot_demands (
+    backend      text NOT NULL,
+    owner        text NOT NULL,
+    want         integer NOT NULL,           -- slots the worker asked for at its last renewal
+    lease_until  double precision NOT NULL,  -- its demand counts until then
+    PRIMARY KEY (backend, owner)
+);
+
+-- The batch state machine: the allowed moves (kept equal to lowtide.domain.status.MOVES
+-- whenever a store opens); the trigger refuses any other change of a batch's status.
+CREATE TABLE batch_moves (
+    src  text NOT NULL,
+    dst  text NOT NULL,
+    PRIMARY KEY (src, dst)
+);
+
+CREATE FUNCTION batches_status_move() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM batch_moves WHERE src = OLD.status AND dst = NEW.status) THEN
+        RAISE EXCEPTION 'batch % may not move from % to %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER batches_status_moves BEFORE UPDATE OF status ON batches
+FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+EXECUTE FUNCTION batches_status_move();

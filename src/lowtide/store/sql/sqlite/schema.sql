@@ -1,0 +1,170 @@
+-- lowtide schema for SQLite: what a fresh database gets.
+-- An existing database is upgraded by migrations/NNNN_*.sql instead (PRAGMA user_version is
+-- the last one applied); a test checks that this file and all the migrations applied in
+-- order give the same schema. Change both. Request states are written by name
+-- (lowtide.store.queries fills them in).
+
+CREATE TABLE files (
+    id          TEXT PRIMARY KEY,
+    account     TEXT NOT NULL,
+    purpose     TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    status      TEXT NOT NULL,
+    blob_key    TEXT NOT NULL,
+    seq         INTEGER NOT NULL         -- insertion order, for stable cursors
+);
+CREATE INDEX files_by_account ON files (account, seq);
+
+CREATE TABLE batches (
+    id                   TEXT PRIMARY KEY,
+    seq                  INTEGER NOT NULL,  -- insertion order: "newest first" without ties
+    account              TEXT NOT NULL,
+    endpoint             TEXT NOT NULL,
+    input_file_id        TEXT NOT NULL,
+    completion_window    TEXT NOT NULL,
+    status               TEXT NOT NULL,
+    end_status           TEXT,
+    model                TEXT,
+    metadata             TEXT,              -- JSON object or NULL
+    name_lower           TEXT,              -- lower(metadata.ds_name), for the ds_name filter
+    created_at           INTEGER NOT NULL,
+    in_progress_at       INTEGER,
+    expires_at           INTEGER NOT NULL,
+    finalizing_at        INTEGER,
+    completed_at         INTEGER,
+    failed_at            INTEGER,
+    expired_at           INTEGER,
+    cancelling_at        INTEGER,
+    cancelled_at         INTEGER,
+    output_file_id       TEXT,
+    error_file_id        TEXT,
+    errors               TEXT,              -- JSON list or NULL
+    total                INTEGER NOT NULL DEFAULT 0,
+    completed            INTEGER NOT NULL DEFAULT 0,
+    failed               INTEGER NOT NULL DEFAULT 0,
+    input_tokens         INTEGER NOT NULL DEFAULT 0,
+    cached_tokens        INTEGER NOT NULL DEFAULT 0,
+    output_tokens        INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens     INTEGER NOT NULL DEFAULT 0,
+    input_price          REAL NOT NULL,
+    output_price         REAL NOT NULL,
+    discount             REAL NOT NULL,
+    currency             TEXT NOT NULL,
+    output_expires_after INTEGER,
+    lease_owner          TEXT,              -- who validates or finalises the batch
+    lease_until          REAL NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX batches_seq ON batches (seq);
+CREATE INDEX batches_by_account ON batches (account, seq);
+CREATE INDEX batches_by_status ON batches (status);
+
+CREATE TABLE requests (
+    batch_id         TEXT NOT NULL,
+    line             INTEGER NOT NULL,     -- 1-based line of the input file
+    custom_id        TEXT NOT NULL,
+    byte_offset      INTEGER NOT NULL,     -- the body is read from the input blob, not copied here
+    length           INTEGER NOT NULL,
+    state            INTEGER NOT NULL DEFAULT {state.pending},
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    not_before       REAL NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_epoch      INTEGER NOT NULL DEFAULT 0,
+    lease_until      REAL NOT NULL DEFAULT 0,
+    status_code      INTEGER,
+    request_id       TEXT,
+    result           BLOB,                 -- its output/error-file line, once it has one
+    error_code       TEXT,
+    error_message    TEXT,
+    PRIMARY KEY (batch_id, line)
+) WITHOUT ROWID;
+CREATE INDEX requests_by_state ON requests (batch_id, state, line);
+CREATE INDEX requests_leased ON requests (state, lease_until) WHERE state = {state.leased};
+CREATE INDEX requests_waiting ON requests (state, not_before) WHERE state = {state.pending} AND not_before > 0;
+
+CREATE TABLE rate_limits (
+    key     TEXT NOT NULL,        -- account:route class
+    minute  INTEGER NOT NULL,     -- minute number since the epoch
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (key, minute)
+);
+
+-- API keys made by `lowtide keys create`. Only the SHA-256 digest of a secret is kept.
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,          -- key_...: names the key in `lowtide keys`
+    digest      BLOB NOT NULL UNIQUE,      -- SHA-256 of the secret
+    hint        TEXT NOT NULL,             -- its first characters, to tell keys apart
+    account     TEXT NOT NULL,
+    label       TEXT,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+
+-- Idempotency-Key of file uploads and batch creates: the first response, replayed for 24 h.
+CREATE TABLE idempotency_keys (
+    account      TEXT NOT NULL,
+    kind         TEXT NOT NULL,            -- 'file' or 'batch'
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,            -- SHA-256 of the canonical request parameters
+    response     TEXT NOT NULL,            -- the first response (JSON)
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, kind, key)
+);
+CREATE INDEX idempotency_by_age ON idempotency_keys (created_at);
+
+-- Bytes of deleted and expired files, deleted by the retention sweeper once no running
+-- batch reads them (a batch keeps reading its input file after the file is deleted).
+CREATE TABLE blob_deletions (
+    blob_key    TEXT PRIMARY KEY,
+    file_id     TEXT NOT NULL,
+    queued_at   INTEGER NOT NULL
+);
+
+-- Input files deleted while a batch that reads them was still validating: the batch validates
+-- from these bytes all the same. They stay queued in blob_deletions until no live batch reads
+-- them, and this row goes when they do.
+CREATE TABLE kept_inputs (
+    batch_id    TEXT PRIMARY KEY,
+    purpose     TEXT NOT NULL,
+    blob_key    TEXT NOT NULL
+);
+CREATE INDEX kept_inputs_by_blob ON kept_inputs (blob_key);
+
+CREATE INDEX files_expiring ON files (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX batches_by_age ON batches (created_at);
+
+-- A backend's max_concurrency as slots leased to workers, and how many each worker wants
+-- (lowtide.store.slots shares them fairly). One SQLite process is one worker, but the store
+-- keeps the same books as PostgreSQL's.
+CREATE TABLE backend_slots (
+    backend      TEXT NOT NULL,
+    slot         INTEGER NOT NULL,
+    owner        TEXT,
+    lease_until  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (backend, slot)
+);
+
+CREATE TABLE slot_demands (
+    backend      TEXT NOT NULL,
+    owner        TEXT NOT NULL,
+    want         INTEGER NOT NULL,      -- slots the worker asked for at its last renewal
+    lease_until  REAL NOT NULL,         -- its demand counts until then
+    PRIMARY KEY (backend, owner)
+);
+
+-- The batch state machine: the allowed moves (kept equal to lowtide.domain.status.MOVES
+-- whenever a store opens); the trigger refuses any other change of a batch's status.
+CREATE TABLE batch_moves (
+    src  TEXT NOT NULL,
+    dst  TEXT NOT NULL,
+    PRIMARY KEY (src, dst)
+) WITHOUT ROWID;
+
+CREATE TRIGGER batches_status_moves BEFORE UPDATE OF status ON batches
+WHEN NEW.status IS NOT OLD.status AND NOT EXISTS (
+    SELECT 1 FROM batch_moves WHERE src = OLD.status AND dst = NEW.status)
+BEGIN
+    SELECT RAISE(ABORT, 'batch status move not allowed (batch_moves)');
+END;
