@@ -11,8 +11,10 @@ OUTPUT_FILE_PREFIX = "file-batch_output-"
 ERROR_FILE_PREFIX = "file-batch_error-"
 REQUEST_PREFIX = "batch_req_"
 
-# Ids only ever contain these characters, so a well-formed id can never be a path.
-_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+# Ids only ever contain these characters, so a well-formed id can never be a path. The
+# OpenAPI document gives the same pattern for every id (ECMA-262 and Python read it alike).
+ID_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 def new_batch_id() -> str:

@@ -1,4 +1,4 @@
-"""The records that the store keeps, and how files and batches look on the wire."""
+"""The records that the store keeps; ``to_api`` renders them as ``lowtide.domain.wire`` declares."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from lowtide.domain import wire
 from lowtide.domain.status import Status
 
 JsonDict = dict[str, Any]
@@ -24,17 +25,7 @@ class FileRecord:
     status: str = "processed"
 
     def to_api(self) -> JsonDict:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": self.bytes,
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": self.status,
-            "expires_at": self.expires_at,
-            "status_details": None,
-        }
+        return wire.file_json(self)
 
 
 @dataclass(slots=True)
@@ -45,13 +36,7 @@ class Usage:
     reasoning_tokens: int = 0
 
     def to_api(self) -> JsonDict:
-        return {
-            "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens},
-            "output_tokens": self.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.input_tokens + self.output_tokens,
-        }
+        return wire.usage_json(self)
 
 
 @dataclass(slots=True)
@@ -65,7 +50,7 @@ class Pricing:
 
     def cost(self, usage: Usage) -> float:
         # Reasoning tokens are part of output tokens and billed at the output price; cached
-        # input tokens get no further discount (section 13 point 13).
+        # input tokens get no further discount (docs/api-compatibility.md, "Billing").
         real_time = usage.input_tokens * self.input_price + usage.output_tokens * self.output_price
         return round(real_time * self.discount / 1_000_000, 10)
 
@@ -102,35 +87,7 @@ class BatchRecord:
     end_status: Status | None = None
 
     def to_api(self) -> JsonDict:
-        return {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": self.endpoint,
-            "errors": {"object": "list", "data": self.errors} if self.errors else None,
-            "input_file_id": self.input_file_id,
-            "completion_window": self.completion_window,
-            "status": self.status.value,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": self.created_at,
-            "in_progress_at": self.in_progress_at,
-            "expires_at": self.expires_at,
-            "finalizing_at": self.finalizing_at,
-            "completed_at": self.completed_at,
-            "failed_at": self.failed_at,
-            "expired_at": self.expired_at,
-            "cancelling_at": self.cancelling_at,
-            "cancelled_at": self.cancelled_at,
-            "request_counts": {
-                "total": self.total,
-                "completed": self.completed,
-                "failed": self.failed,
-            },
-            "metadata": self.metadata,
-            "model": self.model,
-            "usage": self.usage.to_api(),
-            "cost": {"amount": self.pricing.cost(self.usage), "currency": self.pricing.currency},
-        }
+        return wire.batch_json(self)
 
     def replace(self, **changes: Any) -> BatchRecord:
         return dataclasses.replace(self, **changes)
@@ -138,7 +95,7 @@ class BatchRecord:
 
 @dataclass(frozen=True, slots=True)
 class BatchFilter:
-    """The list filters of section 13 point 15, already parsed."""
+    """The list filters (docs/api-compatibility.md, "Listing"), already parsed."""
 
     statuses: tuple[Status, ...] = ()
     name_contains: str | None = None
