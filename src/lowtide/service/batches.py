@@ -1,4 +1,5 @@
-"""Use cases of the Batches API: create, retrieve, list, cancel (section 13 points 3-7, 11, 15)."""
+"""Use cases of the Batches API: create, retrieve, list, cancel (docs/api-compatibility.md,
+"Create batch", "Listing", "Cancel")."""
 
 from __future__ import annotations
 
@@ -23,10 +24,30 @@ from lowtide.store import Store
 
 logger = logging.getLogger(__name__)
 
-_WINDOW_RE = re.compile(r"([1-9][0-9]{0,3})([hd])")
-_WINDOW_RANGE = (24 * 3600, 336 * 3600)
-_TIMESTAMP_RE = re.compile(r"[0-9]{14}")
-_METADATA_LIMITS = {"ds_name": 100, "ds_description": 200}
+# What the create and list parameters accept. The OpenAPI document states these same values
+# (``lowtide.api.params``); each pattern reads alike in Python and in ECMA-262 (JSON Schema).
+#: ``completion_window``: whole hours from 24h to 336h, or days from 1d to 14d, no leading 0.
+WINDOW_PATTERN = "^(?:(2[4-9]|[3-9][0-9]|[12][0-9]{2}|3[0-2][0-9]|33[0-6])h|([1-9]|1[0-4])d)$"
+_WINDOW_RE = re.compile(WINDOW_PATTERN)
+_LEAP_YEAR = "([1-9][0-9](0[48]|[2468][048]|[13579][26])|([2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    "(0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])"  # any month, days 1 to 28
+    "|(0[13-9]|1[0-2])(29|30)"  # every month but February
+    "|(0[13578]|1[02])31"
+)
+#: ``create_after`` / ``create_before``: yyyyMMddHHmmss, a real date (no 30 February), or empty.
+TIME_PATTERN = (
+    f"^(([1-9][0-9]{{3}}({_MONTH_DAY})|{_LEAP_YEAR}0229)([01][0-9]|2[0-3])[0-5][0-9][0-5][0-9])?$"
+)
+_TIME_RE = re.compile(TIME_PATTERN)
+MAX_INPUT_FILE_IDS = 20
+LIST_LIMIT = (1, 100, 20)  # least, most, default
+OUTPUT_EXPIRY_SECONDS = (3600, 2_592_000)  # least, most
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+#: Shorter limits for the values of these keys.
+METADATA_LIMITS = {"ds_name": 100, "ds_description": 200}
 _TYPE_NAMES = {
     list: "an array",
     dict: "an object",
@@ -147,7 +168,8 @@ class BatchService:
         self, account: str | None, query: Mapping[str, str]
     ) -> tuple[list[BatchRecord], bool]:
         """One page of batches, and whether there are more."""
-        limit = _int_in(query.get("limit"), "limit", 20, 1, 100)
+        least, most, default = LIST_LIMIT
+        limit = _int_in(query.get("limit"), "limit", default, least, most)
         flt = self._filter(query)
         found = await self.store.list_batches(
             account, flt, after=query.get("after"), limit=limit + 1
@@ -165,9 +187,10 @@ class BatchService:
                 param="status",
             ) from None
         file_ids = tuple(p.strip() for p in query.get("input_file_ids", "").split(",") if p.strip())
-        if len(file_ids) > 20:
+        if len(file_ids) > MAX_INPUT_FILE_IDS:
             raise errors.InvalidValue(
-                "At most 20 input_file_ids may be given.", param="input_file_ids"
+                f"At most {MAX_INPUT_FILE_IDS} input_file_ids may be given.",
+                param="input_file_ids",
             )
         tz = ZoneInfo(self.settings.server.timezone)
         return BatchFilter(
@@ -257,11 +280,8 @@ def _completion_window(value: Any) -> tuple[str, int]:
     match = _WINDOW_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise errors.InvalidValue(message, param="completion_window")
-    seconds = int(match[1]) * (3600 if match[2] == "h" else 86400)
-    low, high = _WINDOW_RANGE
-    if not low <= seconds <= high:
-        raise errors.InvalidValue(message, param="completion_window")
-    return str(value), seconds
+    hours, days = match.groups()
+    return str(value), int(hours) * 3600 if hours else int(days) * 86400
 
 
 def _required_str(params: Mapping[str, Any], key: str) -> str:
@@ -287,8 +307,10 @@ def _metadata(value: Any) -> dict[str, str] | None:
             f"{_type_name(value)} instead.",
             param="metadata",
         )
-    if len(value) > 16:
-        raise errors.InvalidValue("'metadata' may hold at most 16 pairs.", param="metadata")
+    if len(value) > METADATA_MAX_PAIRS:
+        raise errors.InvalidValue(
+            f"'metadata' may hold at most {METADATA_MAX_PAIRS} pairs.", param="metadata"
+        )
     for key, item in value.items():
         _check_metadata_pair(key, item)
     return dict(value)
@@ -301,9 +323,11 @@ def _check_metadata_pair(key: str, item: Any) -> None:
             f"Invalid type for '{param}': expected a string, but got {_type_name(item)} instead.",
             param=param,
         )
-    if len(key) > 64:
-        raise errors.InvalidValue("Metadata keys may be at most 64 characters long.", param=param)
-    limit = _METADATA_LIMITS.get(key, 512)
+    if len(key) > METADATA_MAX_KEY:
+        raise errors.InvalidValue(
+            f"Metadata keys may be at most {METADATA_MAX_KEY} characters long.", param=param
+        )
+    limit = METADATA_LIMITS.get(key, METADATA_MAX_VALUE)
     if len(item) > limit:
         raise errors.InvalidValue(
             f"Invalid value for '{param}': at most {limit} characters.", param=param
@@ -317,14 +341,16 @@ def _output_expires_after(value: Any) -> int | None:
     anchor = value.get("anchor") if isinstance(value, dict) else None
     if isinstance(seconds, float) and seconds.is_integer():
         seconds = int(seconds)  # 3600.0 is the integer 3600 in JSON
+    least, most = OUTPUT_EXPIRY_SECONDS
     if (
         anchor != "created_at"
         or not isinstance(seconds, int)
         or isinstance(seconds, bool)
-        or not 3600 <= seconds <= 2_592_000
+        or not least <= seconds <= most
     ):
         raise errors.InvalidValue(
-            "'output_expires_after' must be {'anchor': 'created_at', 'seconds': 3600..2592000}.",
+            f"'output_expires_after' must be {{'anchor': 'created_at', 'seconds': "
+            f"{least}..{most}}}.",
             param="output_expires_after",
         )
     return seconds
@@ -350,7 +376,7 @@ def _timestamp(text: str | None, name: str, tz: ZoneInfo) -> int | None:
     if not text:
         return None
     try:
-        if not _TIMESTAMP_RE.fullmatch(text):  # strptime alone takes 13 digits too
+        if not _TIME_RE.fullmatch(text):  # strptime alone takes 13 digits too
             raise ValueError(text)
         moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=tz)
     except ValueError:

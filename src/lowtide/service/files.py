@@ -23,7 +23,7 @@ UPLOAD_PURPOSES = frozenset(
     {"batch", "assistants", "fine-tune", "vision", "user_data", "evals", "file-extract"}
 )
 _MAX_FILENAME = 255
-_EXPIRY_RANGE = (3600, 30 * 86400)
+EXPIRY_SECONDS = (3600, 30 * 86400)  # least, most: an upload's expires_after[seconds]
 
 
 class Upload(Protocol):
@@ -354,7 +354,7 @@ def _expiry(fields: dict[str, str]) -> int | None:
         value = int(seconds or "")
     except ValueError:
         value = -1
-    low, high = _EXPIRY_RANGE
+    low, high = EXPIRY_SECONDS
     if not low <= value <= high:
         raise errors.InvalidValue(
             f"expires_after[seconds] must be between {low} and {high}.",
