@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 
 from lowtide import errors
 from lowtide.api.auth import Caller, limited
+from lowtide.api.params import BatchId
 from lowtide.api.responses import JSON, page
+from lowtide.domain import wire
 from lowtide.service.batches import BatchService
 
 router = APIRouter(tags=["batches"])
@@ -41,25 +43,45 @@ async def _json_body(request: Request) -> Any:
         ) from None
 
 
-@router.post("/batches", summary="Create a batch (optional Idempotency-Key header)")
+@router.post(
+    "/batches",
+    summary="Create a batch (optional Idempotency-Key header)",
+    response_model=wire.Batch,
+    response_description="The batch, in `validating`.",
+)
 async def create_batch(request: Request, caller: Creator) -> JSON:
     params = await _json_body(request)
     key = request.headers.get("idempotency-key")
     return JSON(await _batches(request).create_idempotent(caller.account, params, key))
 
 
-@router.get("/batches", summary="List batches, newest first")
+@router.get(
+    "/batches",
+    summary="List batches, newest first",
+    response_model=wire.BatchList,
+    response_description="One page of the account's batches, newest first.",
+)
 async def list_batches(request: Request, caller: Lister) -> JSON:
     query = dict(request.query_params)
     records, has_more = await _batches(request).list(caller.read_scope(), query)
     return page([b.to_api() for b in records], has_more=has_more)
 
 
-@router.get("/batches/{batch_id}", summary="Retrieve a batch")
-async def retrieve_batch(request: Request, batch_id: str, caller: Reader) -> JSON:
+@router.get(
+    "/batches/{batch_id}",
+    summary="Retrieve a batch",
+    response_model=wire.Batch,
+    response_description="The batch.",
+)
+async def retrieve_batch(request: Request, batch_id: BatchId, caller: Reader) -> JSON:
     return JSON((await _batches(request).get(caller.read_scope(), batch_id)).to_api())
 
 
-@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(request: Request, batch_id: str, caller: Canceller) -> JSON:
+@router.post(
+    "/batches/{batch_id}/cancel",
+    summary="Cancel a batch",
+    response_model=wire.Batch,
+    response_description="The batch, `cancelling` or `cancelled`.",
+)
+async def cancel_batch(request: Request, batch_id: BatchId, caller: Canceller) -> JSON:
     return JSON((await _batches(request).cancel(caller.account, batch_id)).to_api())

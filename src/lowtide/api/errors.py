@@ -16,6 +16,7 @@ from starlette.routing import Match
 
 from lowtide import errors
 from lowtide.api.responses import JSON
+from lowtide.domain import wire
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def envelope(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSON:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    body = wire.error_json(message, type_, param, code)
     return JSON(body, status_code=status, headers=headers)
 
 

@@ -5,16 +5,30 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from lowtide.api.responses import JSON
+from lowtide.domain import wire
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
+@router.get(
+    "/health",
+    summary="Liveness: the process answers",
+    response_model=wire.Health,
+    response_description="The process answers.",
+)
 async def health() -> JSON:
-    return JSON({"status": "ok"})
+    return JSON(wire.health_json())
 
 
-@router.get("/ready", summary="Readiness: the database and the storage answer")
+@router.get(
+    "/ready",
+    summary="Readiness: the database and the storage answer",
+    response_model=wire.Ready,
+    response_description="The database and the storage answer.",
+    responses={
+        503: {"model": wire.Ready, "description": "The database or the storage does not answer."}
+    },
+)
 async def ready(request: Request) -> JSON:
     checks: dict[str, str] = {}
     for name, component in (
@@ -26,5 +40,5 @@ async def ready(request: Request) -> JSON:
             checks[name] = "ok"
         except Exception as exc:  # any failure means "not ready", whatever its kind
             checks[name] = f"error: {type(exc).__name__}"
-    ok = all(v == "ok" for v in checks.values())
-    return JSON({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+    body = wire.ready_json(checks["database"], checks["storage"])
+    return JSON(body, status_code=200 if body["status"] == "ok" else 503)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+
+from lowtide.domain import wire
 
 
 class JSON(Response):
@@ -15,14 +18,6 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def page(items: list[dict[str, Any]], has_more: bool) -> JSON:
-    """The list envelope of the Files and Batches APIs."""
-    return JSON(
-        {
-            "object": "list",
-            "data": items,
-            "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None,
-            "has_more": has_more,
-        }
-    )
+def page(items: Sequence[wire.JsonDict], has_more: bool) -> JSON:
+    """The list envelope of the Files and Batches APIs (``wire.FileList``, ``wire.BatchList``)."""
+    return JSON(wire.page_json(items, has_more))

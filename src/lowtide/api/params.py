@@ -1,0 +1,179 @@
+"""What the API reads: the create-batch body, the upload form, the list filters, the ids.
+
+These models only describe; the OpenAPI document (``lowtide.api.openapi``) is generated from
+them. The routes read their bodies themselves, and ``lowtide.service`` checks them, to stream
+uploads and to word every refusal as the hosted APIs do (docs/api-compatibility.md, "Create
+batch", "Validation codes", "Errors"). Every limit below is the service's own constant, and
+every pattern is either the one its parser matches or derived from what the parser does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from lowtide.domain.ids import ID_PATTERN
+from lowtide.domain.status import Status
+from lowtide.domain.validation import ENDPOINTS
+from lowtide.service import batches
+from lowtide.service.files import EXPIRY_SECONDS, UPLOAD_PURPOSES
+from lowtide.service.idempotency import MAX_KEY_LENGTH
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _optional(**kwargs: Any) -> Any:
+    """A field that may be left out but is never null (a query parameter, a form field): the
+    document gives it no default."""
+    return Field(None, json_schema_extra=_no_default, **kwargs)
+
+
+# ------------------------------------------------------------------------- create a batch
+
+
+class OutputExpiresAfter(BaseModel):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=batches.OUTPUT_EXPIRY_SECONDS[0], le=batches.OUTPUT_EXPIRY_SECONDS[1])
+
+
+_ds_limits: dict[str, Any] = {
+    key: {"type": "string", "maxLength": limit} for key, limit in batches.METADATA_LIMITS.items()
+}
+_ds_limits["ds_batch_finish_callback"] = {
+    "type": "string",
+    "maxLength": batches.METADATA_MAX_VALUE,
+    "description": "POSTed the final batch, to allowed hosts only.",
+}
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(max_length=batches.METADATA_MAX_KEY)],
+        Annotated[str, Field(max_length=batches.METADATA_MAX_VALUE)],
+    ],
+    # A dict type cannot name keys: the keys with shorter limits are added by hand.
+    Field(max_length=batches.METADATA_MAX_PAIRS, json_schema_extra={"properties": _ds_limits}),
+]
+
+
+class BatchCreate(BaseModel):
+    """The body of `POST /batches`."""
+
+    input_file_id: str = Field(
+        description="A `purpose=batch` file of this account; any other id makes the batch fail "
+        "in `validating`, not the call."
+    )
+    endpoint: Annotated[str, WithJsonSchema({"enum": list(ENDPOINTS)})]
+    completion_window: str = Field(
+        pattern=batches.WINDOW_PATTERN,
+        description="Whole hours or days, from `24h` (`1d`) to `336h` (`14d`).",
+    )
+    metadata: Metadata | None = None
+    idempotency_key: str | None = Field(
+        None,
+        pattern=f"^[ -~]{{1,{MAX_KEY_LENGTH}}}$",
+        description="The `Idempotency-Key` header's alternative, for clients that can only add "
+        "body fields; both given must agree.",
+    )
+    output_expires_after: OutputExpiresAfter | None = None
+
+
+# ------------------------------------------------------------------------- upload a file
+
+
+class FileUpload(BaseModel):
+    """The multipart form of `POST /files`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "dependentRequired": {
+                "expires_after[anchor]": ["expires_after[seconds]"],
+                "expires_after[seconds]": ["expires_after[anchor]"],
+            }
+        }
+    )
+
+    file: bytes = Field(
+        description="The file; UTF-8 JSONL for `purpose=batch`. Its name is kept only as a "
+        "label, never as a path."
+    )
+    purpose: Annotated[str, WithJsonSchema({"enum": sorted(UPLOAD_PURPOSES)})]
+    expires_after_anchor: Literal["created_at"] = _optional(alias="expires_after[anchor]")
+    expires_after_seconds: int = _optional(
+        alias="expires_after[seconds]", ge=EXPIRY_SECONDS[0], le=EXPIRY_SECONDS[1]
+    )
+
+
+# ------------------------------------------------------------------------- list batches
+
+# What ``str.strip()`` removes, which is wider than a regex's ``\s`` (U+001C to U+001F, U+0085).
+# Python knows no blank outside the Basic Multilingual Plane.
+_BLANKS = [c for c in map(chr, range(0x10000)) if c.isspace()]
+
+
+def _char_class(chars: list[str], negated: bool = False) -> str:
+    """A character class of ``chars`` in ``\\uXXXX`` escapes, which Python, ECMA-262 and
+    Rust's regex all read; runs of code points as ranges."""
+    runs: list[list[int]] = []
+    for point in sorted(map(ord, chars)):
+        if runs and runs[-1][1] == point - 1:
+            runs[-1][1] = point
+        else:
+            runs.append([point, point])
+    body = "".join(
+        f"\\u{low:04x}" + (f"-\\u{high:04x}" if high > low else "") for low, high in runs
+    )
+    return f"[{'^' if negated else ''}{body}]"
+
+
+# The two list patterns are derived from what ``BatchService`` does with the text (split at
+# commas, strip each item, drop the empty ones), and written so that no backtracking engine
+# takes more than linear time on them: each blank is the leading one of its item.
+_BLANK = _char_class(_BLANKS) + "*"
+_STATUS = "(?:" + "|".join(s.value for s in Status) + ")"
+STATUSES_PATTERN = f"^{_BLANK}(?:{_STATUS}{_BLANK})?(?:,{_BLANK}(?:{_STATUS}{_BLANK})?)*$"
+_FILE_ID = f"{_BLANK}{_char_class([',', *_BLANKS], negated=True)}[^,]*"
+FILE_IDS_PATTERN = (
+    f"^(?:{_BLANK},)*(?:{_FILE_ID}(?:(?:,{_BLANK})*,{_FILE_ID}){{0,"
+    f"{batches.MAX_INPUT_FILE_IDS - 1}}}(?:,{_BLANK})*|{_BLANK})$"
+)
+
+
+class BatchListQuery(BaseModel):
+    """The query of `GET /batches`: each field is one optional parameter."""
+
+    after: str = _optional(description="A batch id: the page holds older batches.")
+    limit: int = Field(
+        batches.LIST_LIMIT[2],
+        ge=batches.LIST_LIMIT[0],
+        le=batches.LIST_LIMIT[1],
+        description="Page size.",
+    )
+    status: str = _optional(pattern=STATUSES_PATTERN, description="Comma-separated statuses.")
+    ds_name: str = _optional(description="Case-insensitive part of `metadata.ds_name`.")
+    input_file_ids: str = _optional(
+        pattern=FILE_IDS_PATTERN,
+        description=f"At most {batches.MAX_INPUT_FILE_IDS} comma-separated input file ids.",
+    )
+    create_after: str = _optional(
+        pattern=batches.TIME_PATTERN,
+        description="yyyyMMddHHmmss in the server's time zone, inclusive.",
+    )
+    create_before: str = _optional(
+        pattern=batches.TIME_PATTERN,
+        description="yyyyMMddHHmmss in the server's time zone, inclusive.",
+    )
+
+
+# ------------------------------------------------------------------------- path parameters
+
+# The id pattern is documented but not checked here: an id that is not well formed is simply
+# not found (404), as any unknown id.
+FileId = Annotated[
+    str, Path(description="The file's id.", json_schema_extra={"pattern": ID_PATTERN})
+]
+BatchId = Annotated[
+    str, Path(description="The batch's id.", json_schema_extra={"pattern": ID_PATTERN})
+]
