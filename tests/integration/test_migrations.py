@@ -1,5 +1,6 @@
 """PostgreSQL schema versions: a fresh install (``schema.sql``) and an upgraded database (every
-migration in order) must end up with the same schema; upgrades are safe to start at once."""
+migration in order) must end up with the same schema; upgrades are safe to start at once.
+test_sqlite_migrations.py checks the same of SQLite."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ DESCRIBE = {
           AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
         ORDER BY 1""",
     "versions": "SELECT version, name FROM schema_migrations ORDER BY 1",
+    "moves": "SELECT src, dst FROM batch_moves ORDER BY 1, 2",
 }
 
 
@@ -107,6 +109,7 @@ async def test_fresh_schema_equals_all_migrations(empty_db: Callable[[], Awaitab
 
     expected = await describe(fresh)
     assert expected["relations"] and expected["indexes"] and expected["constraints"]
+    assert expected["triggers"] and expected["moves"] == migrations.moves()
     for url in (migrated, printed):
         got = await describe(url)
         for part in DESCRIBE:

@@ -23,6 +23,7 @@ literal: names in braces are filled in when the file is read, from the Python en
                            ``.all``: every status)
 ``{from.cancelling}``      the statuses a batch may move to ``cancelling`` from
                            (``lowtide.domain.status.MOVES``), as a parenthesised list
+``{outcome.retry}``        an outcome kind (``lowtide.domain.work``), as a quoted literal
 
 Lower-case names without a dot (``{where}``, ``{limit}``, ``{values}``) are slots that the
 store fills per call (``fill``): the list filters and the size of a multi-row statement.
@@ -39,15 +40,16 @@ from typing import Literal
 
 from lowtide import errors
 from lowtide.domain.status import TERMINAL, Status, sources
-from lowtide.domain.work import RequestState
+from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, RequestState
 
 Dialect = Literal["sqlite", "postgres"]
 DIALECTS: tuple[Dialect, ...] = ("sqlite", "postgres")
 
 _BLOCK = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
-_CONSTANT = re.compile(r"\{(status|state|statuses|from)\.(\w+)\}")
+_CONSTANT = re.compile(r"\{(status|state|statuses|from|outcome)\.(\w+)\}")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 _ABSENT = "-- absent:"
+_OUTCOMES = frozenset({SUCCEEDED, FAILED, RETRY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ def _constant(kind: str, name: str) -> str:
             return str(int(RequestState[name.upper()]))
         if kind == "status":
             return f"'{Status(name).value}'"
+        if kind == "outcome" and name in _OUTCOMES:
+            return f"'{name}'"
         if kind == "from":
             return _quoted(sources(Status(name)))
         if name == "all":

@@ -158,16 +158,17 @@ locked AS MATERIALIZED (
     ORDER BY r.batch_id, r.line FOR UPDATE OF r),
 applied AS (
     UPDATE requests r SET
-        state = CASE o.kind WHEN 'retry' THEN {state.pending}
-            WHEN 'succeeded' THEN {state.succeeded} ELSE {state.failed} END,
+        state = CASE o.kind WHEN {outcome.retry} THEN {state.pending}
+            WHEN {outcome.succeeded} THEN {state.succeeded} ELSE {state.failed} END,
         lease_owner = NULL,
         attempts = o.attempts,
-        not_before = CASE WHEN o.kind = 'retry' THEN o.not_before ELSE r.not_before END,
-        status_code = CASE WHEN o.kind = 'retry' THEN r.status_code ELSE o.status_code END,
-        request_id = CASE WHEN o.kind = 'retry' THEN r.request_id ELSE o.request_id END,
-        result = CASE WHEN o.kind = 'retry' THEN r.result ELSE o.result END,
-        error_code = CASE WHEN o.kind = 'retry' THEN r.error_code ELSE o.error_code END,
-        error_message = CASE WHEN o.kind = 'retry' THEN r.error_message ELSE o.error_message END
+        not_before = CASE WHEN o.kind = {outcome.retry} THEN o.not_before ELSE r.not_before END,
+        status_code = CASE WHEN o.kind = {outcome.retry} THEN r.status_code ELSE o.status_code END,
+        request_id = CASE WHEN o.kind = {outcome.retry} THEN r.request_id ELSE o.request_id END,
+        result = CASE WHEN o.kind = {outcome.retry} THEN r.result ELSE o.result END,
+        error_code = CASE WHEN o.kind = {outcome.retry} THEN r.error_code ELSE o.error_code END,
+        error_message = CASE WHEN o.kind = {outcome.retry} THEN r.error_message
+            ELSE o.error_message END
     FROM o JOIN locked l USING (batch_id, line)
     WHERE r.batch_id = o.batch_id AND r.line = o.line
       AND r.lease_epoch = o.epoch AND r.state = {state.leased}
@@ -175,12 +176,12 @@ applied AS (
         o.reasoning_tokens),
 delta AS (
     SELECT batch_id,
-        COUNT(*) FILTER (WHERE kind = 'succeeded') AS completed,
-        COUNT(*) FILTER (WHERE kind = 'failed') AS failed,
-        COALESCE(SUM(input_tokens) FILTER (WHERE kind = 'succeeded'), 0) AS input_tokens,
-        COALESCE(SUM(cached_tokens) FILTER (WHERE kind = 'succeeded'), 0) AS cached_tokens,
-        COALESCE(SUM(output_tokens) FILTER (WHERE kind = 'succeeded'), 0) AS output_tokens,
-        COALESCE(SUM(reasoning_tokens) FILTER (WHERE kind = 'succeeded'), 0) AS reasoning
+        COUNT(*) FILTER (WHERE kind = {outcome.succeeded}) AS completed,
+        COUNT(*) FILTER (WHERE kind = {outcome.failed}) AS failed,
+        COALESCE(SUM(input_tokens) FILTER (WHERE kind = {outcome.succeeded}), 0) AS input_tokens,
+        COALESCE(SUM(cached_tokens) FILTER (WHERE kind = {outcome.succeeded}), 0) AS cached_tokens,
+        COALESCE(SUM(output_tokens) FILTER (WHERE kind = {outcome.succeeded}), 0) AS output_tokens,
+        COALESCE(SUM(reasoning_tokens) FILTER (WHERE kind = {outcome.succeeded}), 0) AS reasoning
     FROM applied GROUP BY batch_id),
 locked_batches AS MATERIALIZED (
     SELECT b.id FROM batches b JOIN delta d ON d.batch_id = b.id

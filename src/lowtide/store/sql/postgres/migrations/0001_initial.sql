@@ -84,7 +84,8 @@ CREATE TABLE requests (
 -- leased lines (heartbeats, reclaim, "anything in flight?"), lines waiting for a retry.
 CREATE INDEX requests_pending ON requests (batch_id, line) WHERE state = {state.pending};
 CREATE INDEX requests_leased ON requests (batch_id) WHERE state = {state.leased};
-CREATE INDEX requests_waiting ON requests (not_before) WHERE state = {state.pending} AND not_before > 0;
+CREATE INDEX requests_waiting ON requests (not_before)
+    WHERE state = {state.pending} AND not_before > 0;
 
 -- A backend's max_concurrency shared by a fleet: rows 0..limit-1, each held by one owner
 -- at a time until its lease runs out (see lowtide.engine.capacity).

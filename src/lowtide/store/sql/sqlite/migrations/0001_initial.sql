@@ -77,4 +77,5 @@ CREATE TABLE requests (
 ) WITHOUT ROWID;
 CREATE INDEX requests_by_state ON requests (batch_id, state, line);
 CREATE INDEX requests_leased ON requests (state, lease_until) WHERE state = {state.leased};
-CREATE INDEX requests_waiting ON requests (state, not_before) WHERE state = {state.pending} AND not_before > 0;
+CREATE INDEX requests_waiting ON requests (state, not_before)
+    WHERE state = {state.pending} AND not_before > 0;
