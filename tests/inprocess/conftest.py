@@ -24,7 +24,9 @@ Fixtures and helpers:
   clean shutdown; a crash, which only a real process can have, is for tests/acceptance).
 - ``submit(c, lines)``, ``wait_for(c, batch_id, statuses)`` (polls with a deadline of a minute),
   ``read_results(c, batch)``.
-- ``upstream``: a ``FakeUpstream`` with a fixed seed.
+- ``upstream``: a ``FakeUpstream`` with a fixed seed; ``upstream_process``: the same in a
+  process of its own (``lowtide.testing.harness.Upstream``), where timing between the two
+  sides is the point.
 - ``clock``: a clock the test moves (below).
 
 Time. The product reads the wall clock, ``time.time()``, wherever a rule depends on time
@@ -62,6 +64,7 @@ import time_machine
 from lowtide.server import Server, build_server
 from lowtide.settings import Settings
 from lowtide.testing import postgres as pg
+from lowtide.testing.harness import Upstream
 from lowtide.testing.upstream import FakeUpstream, UpstreamConfig
 from tests.support.batches import (
     ALICE,
@@ -214,6 +217,16 @@ async def lowtide_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 async def upstream() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream(UpstreamConfig(seed=7)) as up:
         yield up
+
+
+@pytest.fixture
+def upstream_process(tmp_path: Path) -> Iterator[Upstream]:
+    """The fake upstream in a process of its own, for tests about timing between lowtide and
+    its backend (Retry-After): in this process, the upstream would share the event loop with
+    the engine, and note a request late by however long the engine kept the loop."""
+    up = Upstream("--seed", "7", log=tmp_path / "upstream.log")
+    yield up
+    up.stop()
 
 
 @pytest.fixture
