@@ -1,4 +1,5 @@
-"""schemathesis against the real ``lowtide serve``, reading the server's own ``/openapi.json``.
+"""schemathesis against the real ``lowtide serve``, reading the server's own ``/openapi.json``
+made strict (``strict.py``: an answer with a key its schema does not declare fails).
 
 It runs every check (``--checks all``): no 5xx; every status, header, content type and body
 as documented; invalid input refused and valid input accepted; 405 with an exact ``Allow``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import subprocess
 import sys
 import urllib.error
@@ -36,6 +38,7 @@ import pytest
 from lowtide.api.middleware import MAX_BODY
 from lowtide.testing.harness import HOST, Lowtide
 from tests.acceptance.conftest import ALICE, BOB, config_toml
+from tests.schema.strict import served, strict
 
 HERE = Path(__file__).parent
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -168,6 +171,37 @@ def test_documented_file_id_filter_is_what_the_server_takes(server: Lowtide, val
     assert jsonschema_rs.is_valid(schema, value) == (status == 200), status
 
 
+# List filter values meant to meet every branch of the parsers: blanks that Python strips and a
+# regex's \s does not (or the reverse: U+FEFF, U+200B are not blank), separators, statuses,
+# other text; and lists of 19 or 20 items with some that are blank or not.
+_PIECES = [",", ",", " ", "\t", "\x1f", "\x85", "\u3000", "\ufeff", "\u200b", "a", "file-x"]
+_PIECES += ["completed", "in_progress", "Failed", "cancelled"]
+_ODD_ITEMS = ["", " ", "\x1c", "\x1f", "\x85", "\u3000", "\ufeff", "\u200b", " \t "]
+
+
+def _list_value(draw: random.Random, item: str) -> str:
+    if draw.random() < 0.5:
+        return "".join(draw.choices(_PIECES, k=draw.randrange(12)))
+    items = [item] * draw.choice([19, 20]) + draw.choices(_ODD_ITEMS, k=draw.randrange(4))
+    draw.shuffle(items)
+    return ",".join(items)
+
+
+@pytest.mark.parametrize(("name", "item"), [("status", "completed"), ("input_file_ids", "a")])
+def test_documented_list_filters_are_what_the_server_takes(
+    server: Lowtide, name: str, item: str
+) -> None:
+    schema = _documented(server, "get", "/batches", name)
+    draw = random.Random(SEED)
+    outcomes: dict[tuple[bool, bool], list[str]] = {}
+    for _ in range(200):
+        value = _list_value(draw, item)
+        status = _call(server, "GET", "/batches?" + urllib.parse.urlencode({name: value}))
+        documented = jsonschema_rs.is_valid(schema, value)
+        outcomes.setdefault((documented, status == 200), []).append(value)
+    assert set(outcomes) == {(True, True), (False, False)}, outcomes
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -269,12 +303,16 @@ def test_auth_document_holds_the_two_accounts() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("prefix", PASSES)
 def test_schemathesis_finds_no_failure(server: Lowtide, tmp_path: Path, prefix: str) -> None:
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(strict(served(server.url))))
     command = [
         str(SCHEMATHESIS),
         "--config-file",
         str(HERE / "schemathesis.toml"),
         "run",
-        server.url + "/openapi.json",
+        str(document),
+        "--url",
+        server.url,
         "--checks",
         "all",
         "--include-path-regex",
