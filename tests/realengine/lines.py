@@ -15,6 +15,7 @@ _WORDS = (
     "zebra quux naïve 日本語 ☃ 42 Hello, world! lowtide llama"
 )
 OVERFLOW = "overflow"  # about 3 tokens a word: 150+ words are far over the 256 of the context
+EDGE = "edge"  # 65 to 90 words: about 200 to 280 tokens, near the end of the context
 
 
 def _text(rng: random.Random, low: int, high: int) -> str:
@@ -34,7 +35,7 @@ def chat_lines(count: int, *, seed: int, prefix: str = "q") -> list[dict[str, An
         if i % 20 == 0:
             content, custom_id = _text(rng, 150, 200), f"{OVERFLOW}-{custom_id}"
         elif i % 20 == 1:
-            content = _text(rng, 65, 90)
+            content, custom_id = _text(rng, 65, 90), f"{EDGE}-{custom_id}"
         else:
             content = _text(rng, 1, 30)
         messages = [{"role": "user", "content": content}]

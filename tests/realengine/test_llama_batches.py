@@ -11,7 +11,7 @@ from tests.realengine.batches import (
     wait_until_completed,
 )
 from tests.realengine.conftest import MODEL, LowtideFactory
-from tests.realengine.lines import OVERFLOW, chat_lines, check_against_llama
+from tests.realengine.lines import EDGE, OVERFLOW, chat_lines, check_against_llama
 from tests.realengine.llama_server import LlamaServer
 from tests.support.batches import assert_each_once
 
@@ -26,9 +26,11 @@ def test_a_batch_of_varied_lines(make_lowtide: LowtideFactory, llama: LlamaServe
     assert_each_once(lines, outputs, errors)
 
     totals = check_against_llama(llama, lines, outputs, errors, max_attempts=3)
-    # Everything far over the context, and only that or a line near its end, is a 400.
+    # Every line far over the context is a 400, and besides them only lines near its end.
     overflowing = {line["custom_id"] for line in lines if line["custom_id"].startswith(OVERFLOW)}
-    assert overflowing <= {e["custom_id"] for e in errors}
+    failed = {e["custom_id"] for e in errors}
+    assert overflowing <= failed
+    assert all(custom_id.startswith(EDGE) for custom_id in failed - overflowing)
     assert {e["error"]["code"] for e in errors} == {"context_length_exceeded"}
     assert all(e["response"]["status_code"] == 400 for e in errors)
     assert totals.cut_by_context > 0, "some answers should run into the end of the context"
