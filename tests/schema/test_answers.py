@@ -278,7 +278,7 @@ def test_a_key_no_model_declares_fails_the_strict_document(server: Lowtide) -> N
     batch = page["data"][0]
     for changed in (
         {**page, "extra": 1},
-        {**page, "data": [{**batch, "priority": 1}]},
+        {**page, "data": [{**batch, "undeclared": 1}]},
         {**page, "data": [{**batch, "usage": {**batch["usage"], "extra": 1}}]},
         {**page, "data": [{**batch, "request_counts": {**batch["request_counts"], "x": 0}}]},
     ):
