@@ -57,8 +57,8 @@ def upgrade(config_path: Path | None, database_url: str | None) -> None:
 def print_schema(dialect: str) -> None:
     """Print the SQL of a fresh install, without connecting to anything.
 
-    It includes the migration bookkeeping (PostgreSQL's schema_migrations, SQLite's
-    user_version), so that a database set up from it is later upgraded like any other.
+    For PostgreSQL it includes the migration bookkeeping, so that a database set up from it
+    is later upgraded like any other.
 
     \b
     Example:
