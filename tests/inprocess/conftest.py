@@ -24,9 +24,7 @@ Fixtures and helpers:
   clean shutdown; a crash, which only a real process can have, is for tests/acceptance).
 - ``submit(c, lines)``, ``wait_for(c, batch_id, statuses)`` (polls with a deadline of a minute),
   ``read_results(c, batch)``.
-- ``upstream``: a ``FakeUpstream`` with a fixed seed; ``upstream_process``: the same in a
-  process of its own (``lowtide.testing.harness.Upstream``), where timing between the two
-  sides is the point.
+- ``upstream``: a ``FakeUpstream`` with a fixed seed.
 - ``clock``: a clock the test moves (below).
 
 Time. The product reads the wall clock, ``time.time()``, wherever a rule depends on time
@@ -64,7 +62,6 @@ import time_machine
 from lowtide.server import Server, build_server
 from lowtide.settings import Settings
 from lowtide.testing import postgres as pg
-from lowtide.testing.harness import Upstream
 from lowtide.testing.upstream import FakeUpstream, UpstreamConfig
 from tests.support.batches import (
     ALICE,
@@ -177,10 +174,22 @@ class AppFactory(Protocol):
     ) -> Awaitable[App]: ...
 
 
-def settings_from(toml: str, data_dir: Path) -> Settings:
+def settings_from(toml: str, workdir: Path) -> Settings:
+    """The settings of ``toml``, with the data directory in ``workdir`` (made here)."""
+    workdir.mkdir()
     raw = tomllib.loads(toml)
-    raw.setdefault("server", {})["data_dir"] = str(data_dir)
+    raw.setdefault("server", {})["data_dir"] = str(workdir / "data")
     return Settings.model_validate(raw)
+
+
+async def start_app(workdir: Path, toml: str, *, api_only: bool = False) -> App:
+    """Start a server on ``workdir`` (made here) with the config ``toml``; the caller closes
+    it (``App.close``). ``lowtide_app`` is the fixture for this; a module-scoped fixture may
+    call it directly."""
+    settings = settings_from(toml, workdir)
+    app = App(settings, workdir, api_only, _build(settings, api_only))
+    await app.server.start()
+    return app
 
 
 @pytest.fixture
@@ -197,14 +206,10 @@ async def lowtide_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         toml: str | None = None,
         **config: Any,
     ) -> App:
-        workdir = tmp_path / f"lowtide{len(started)}"
-        workdir.mkdir()
         if toml is None:
             engine = {**FAST_ENGINE, **(engine or {})}
             toml = config_toml(upstream, extra=extra, engine=engine, **config)
-        settings = settings_from(toml, workdir / "data")
-        app = App(settings, workdir, api_only, _build(settings, api_only))
-        await app.server.start()
+        app = await start_app(tmp_path / f"lowtide{len(started)}", toml, api_only=api_only)
         started.append(app)
         return app
 
@@ -217,16 +222,6 @@ async def lowtide_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 async def upstream() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream(UpstreamConfig(seed=7)) as up:
         yield up
-
-
-@pytest.fixture
-def upstream_process(tmp_path: Path) -> Iterator[Upstream]:
-    """The fake upstream in a process of its own, for tests about timing between lowtide and
-    its backend (Retry-After): in this process, the upstream would share the event loop with
-    the engine, and note a request late by however long the engine kept the loop."""
-    up = Upstream("--seed", "7", log=tmp_path / "upstream.log")
-    yield up
-    up.stop()
 
 
 @pytest.fixture
