@@ -114,3 +114,27 @@ def _statuses() -> list[str]:
 def _migration_files(dialect: Dialect) -> list[str]:
     folder = resources.files("lowtide.store").joinpath(f"sql/{dialect}/migrations")
     return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+
+
+@pytest.mark.postgres
+async def test_both_dialects_have_the_same_tables_and_columns(pg_url: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    import asyncpg
+
+    lite = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
+    try:
+        migrations.upgrade_sqlite(lite)
+        tables = [r[0] for r in lite.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        in_sqlite = {(t, r[1]) for t in tables for r in lite.execute(f"PRAGMA table_info({t})")}
+    finally:
+        lite.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        found = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name <> 'schema_migrations'"
+        )
+    finally:
+        await conn.close()
+    assert in_sqlite == {(r[0], r[1]) for r in found}
