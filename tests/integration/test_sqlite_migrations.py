@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from lowtide import errors
 from lowtide.cli.main import cli
 from lowtide.domain import lines
 from lowtide.domain.records import Pricing
@@ -232,3 +233,14 @@ async def test_open_store_upgrades_a_file_once(tmp_path: Path) -> None:
         await store.open()
         await store.close()
     assert describe(tmp_path / "twice.db")["version"] == [(migrations.latest("sqlite"),)]
+
+
+def test_a_script_runs_statement_by_statement_in_the_callers_transaction(tmp_path: Path) -> None:
+    with connect(tmp_path / "s.db") as c:
+        c.execute("BEGIN")
+        migrations.run_script(c, "CREATE TABLE t (x INT); -- a comment; with a semicolon\n")
+        assert c.in_transaction  # executescript would have committed
+        with pytest.raises(errors.ConfigError, match="incomplete"):
+            migrations.run_script(c, "INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2)\n")
+        c.execute("ROLLBACK")
+        assert c.execute("SELECT name FROM sqlite_master").fetchall() == []

@@ -197,9 +197,8 @@ def run_script(conn: sqlite3.Connection, script: str) -> None:
         if sqlite3.complete_statement(statement):
             conn.execute(statement)
             statement = ""
-    if statement.strip() and not all(
-        not part.strip() or part.lstrip().startswith("--") for part in statement.splitlines()
-    ):
+    code = [line for line in statement.splitlines() if not line.lstrip().startswith("--")]
+    if "".join(code).strip():
         raise errors.ConfigError(f"incomplete SQL statement at the end of a script: {statement}")
 
 
