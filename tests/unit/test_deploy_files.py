@@ -8,6 +8,7 @@ files are built and run by tests/deploy/test_containers.py, where a container en
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -128,3 +129,14 @@ def test_compose_file_runs_every_lowtide_process_on_fleet_toml() -> None:
         assert seconds(service["stop_grace_period"]) > grace + UVICORN_GRACE
     assert services["api"]["command"][:2] == ["serve", "--api-only"]
     assert services["worker"]["command"][0] == "worker"
+
+
+def test_every_toml_block_of_the_vllm_walk_through_is_a_valid_config(tmp_path: Path) -> None:
+    text = (DEPLOY.parent / "docs" / "vllm.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, "docs/vllm.md has no TOML block"
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"block{number}.toml"
+        path.write_text(block)
+        settings = load_settings(path)
+        assert settings.backends, f"block {number} configures no backend"
