@@ -38,11 +38,11 @@ async function create(file, dsName) {
   });
 }
 
-async function waitFor(id) {
+async function waitFor(id, statuses = TERMINAL) {
   const deadline = Date.now() + DEADLINE_MS;
   for (;;) {
     const batch = await client.batches.retrieve(id);
-    if (TERMINAL.has(batch.status)) return batch;
+    if (statuses.has(batch.status)) return batch;
     if (Date.now() > deadline) throw new Error(`batch ${id} stuck in ${batch.status}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -87,9 +87,10 @@ async function main() {
   const created = await create(file, tag);
   const done = await waitFor(created.id);
 
-  // Slow lines (the fake upstream holds each for a while), so the cancel finds it running.
+  // Slow lines (the fake upstream holds each for a second), cancelled once they run.
   const slow = Array.from({ length: 60 }, (_, i) => line(`s${i}`, `SLOW ${i}`));
   const toCancel = await create(await upload(slow, "slow.jsonl"), tag);
+  await waitFor(toCancel.id, new Set(["in_progress", ...TERMINAL]));
   const cancelling = await client.batches.cancel(toCancel.id);
   const cancelled = await waitFor(toCancel.id);
 

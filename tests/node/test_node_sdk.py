@@ -86,7 +86,7 @@ def test_the_node_sdk_drives_lowtide(lowtide: Lowtide, tmp_path: Path) -> None:
     cancelled = seen["cancelled"]
     assert cancelled["status"] == "cancelled"
     counts = cancelled["request_counts"]
-    assert counts["total"] == 60 and counts["completed"] < 60
+    assert counts["total"] == 60 and counts["completed"] < 60, cancelled
     assert counts["completed"] + counts["failed"] == 60
     cancelled_lines = seen["cancelled_error_lines"]
     assert len(cancelled_lines) == counts["failed"] > 0
