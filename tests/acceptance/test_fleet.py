@@ -25,7 +25,7 @@ import pytest
 from lowtide.testing import postgres as pg
 from lowtide.testing.harness import Lowtide, Upstream, Worker
 
-from ..integration.conftest import S3_KEY, S3_REGION, MotoServer
+from tests.support.moto import S3_KEY, S3_REGION, MotoServer
 from .conftest import (
     ALICE,
     BOB,

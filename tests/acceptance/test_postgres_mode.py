@@ -1,5 +1,7 @@
-"""``lowtide serve`` on PostgreSQL (``[server] database_url = "postgresql://..."``), end to end:
-each test gets a fresh database on the machine's server and drops it afterwards."""
+"""``lowtide serve`` and ``lowtide worker`` as processes on PostgreSQL, with files on S3
+(moto's server on loopback): a SIGKILL mid-batch and a restart, and a worker's own /metrics.
+Each test gets a fresh database on the machine's server and drops it afterwards. (What needs
+no process of its own is in tests/inprocess/test_postgres_mode.py.)"""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from lowtide.testing import postgres as pg
 from lowtide.testing.harness import Lowtide, Upstream, Worker, free_port
+from tests.support.moto import MotoServer
 
 from .conftest import (
     assert_each_once,
@@ -37,28 +40,11 @@ def database() -> Iterator[str]:
     pg.run_sync(pg.drop_database(name))
 
 
-def postgres_toml(
-    upstream: Upstream, url: str, *, files: Path | None = None, **options: object
-) -> str:
-    server = f'\n[server]\ndatabase_url = "{url}"\n'
-    if files is not None:
-        server += f'storage_url = "file://{files}"\n'
-    toml = config_toml(upstream, extra=server, **options)  # type: ignore[arg-type]
-    assert "lease_seconds = 10" in toml
-    # Short leases: a killed process's requests are taken over soon after.
-    return toml.replace("lease_seconds = 10", "lease_seconds = 2")
-
-
-def start(tmp_path: Path, name: str, toml: str) -> Lowtide:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    server = Lowtide(workdir, toml)
-    server.start()
-    return server
-
-
-def lines_for(n: int, prefix: str = "pg") -> list[dict]:
-    return [chat_line(f"{prefix}-{i}", f"question {i}") for i in range(n)]
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
 
 
 def db_counts(url: str, batch_id: str) -> tuple[str, int, int]:
@@ -78,54 +64,24 @@ def db_counts(url: str, batch_id: str) -> tuple[str, int, int]:
     return pg.run_sync(fetch())
 
 
-def test_batch_runs_to_completion_on_postgres(
-    upstream: Upstream, database: str, tmp_path: Path
+def test_kill_9_and_restart_on_postgres_and_s3(
+    upstream: Upstream, database: str, moto: MotoServer, tmp_path: Path
 ) -> None:
-    upstream.configure(latency=0.002)
-    server = start(tmp_path, "lowtide", postgres_toml(upstream, database))
-    try:
-        c = client(server)
-        lines = lines_for(300)
-        batch = wait_for(c, submit(c, lines).id, timeout=120)
-        assert batch.status == "completed", batch
-        outputs, errors = read_results(c, batch)
-        assert_each_once(lines, outputs, errors)
-        assert batch.request_counts.completed + batch.request_counts.failed == 300
-        assert batch.request_counts.completed == len(outputs)
-        # It really ran on PostgreSQL: the rows are there, and no SQLite file was made.
-        assert db_counts(database, batch.id) == ("completed", 300, 300)
-        assert not (server.workdir / "data" / "lowtide.db").exists()
-    finally:
-        server.stop()
-
-
-def test_two_servers_share_the_work_and_the_ceiling(
-    upstream: Upstream, database: str, tmp_path: Path
-) -> None:
-    # Two processes on one database and one file store: a fleet of two. The backend's
-    # max_concurrency holds across both (slot leases), and every line runs once.
-    upstream.configure(latency=0.02)
-    toml = postgres_toml(upstream, database, files=tmp_path / "files", max_concurrency=4)
-    servers = [start(tmp_path, f"lowtide{i}", toml) for i in range(2)]
-    try:
-        c = client(servers[0])
-        lines = lines_for(300, "fleet")
-        batch_id = submit(c, lines).id
-        batch = wait_for(client(servers[1]), batch_id, timeout=120)
-        assert batch.status == "completed", batch
-        assert_each_once(lines, *read_results(client(servers[1]), batch))
-        assert upstream.stats()["max_concurrency_seen"] <= 4
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def test_kill_9_and_restart_on_postgres(upstream: Upstream, database: str, tmp_path: Path) -> None:
     upstream.configure(latency=0.01)
-    server = start(tmp_path, "lowtide", postgres_toml(upstream, database, max_concurrency=8))
+    bucket = moto.new_bucket()
+    toml = config_toml(
+        upstream,
+        max_concurrency=8,
+        engine={"lease_seconds": 2},  # a killed process's requests are taken over soon after
+        extra=moto.toml(bucket, "lowtide").replace(
+            "[server]\n", f'[server]\ndatabase_url = "{database}"\n'
+        ),
+    )
+    server = Lowtide(tmp_path, toml)
+    server.start()
     try:
         c = client(server)
-        lines = lines_for(300, "crash")
+        lines = [chat_line(f"crash-{i}", f"question {i}") for i in range(300)]
         batch_id = submit(c, lines).id
         wait_for(c, batch_id, {"in_progress", "finalizing", "completed"}, timeout=60)
         server.kill()  # leases, slots and maybe a finalisation are left behind
@@ -134,11 +90,15 @@ def test_kill_9_and_restart_on_postgres(upstream: Upstream, database: str, tmp_p
         assert batch.status == "completed", batch
         assert_each_once(lines, *read_results(client(server), batch))
         assert db_counts(database, batch_id) == ("completed", 300, 300)
+        keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket)["Contents"]]
+        assert sorted(keys) == sorted(
+            [f"lowtide/inputs/{batch.input_file_id}", f"lowtide/results/{batch_id}/output"]
+        )
     finally:
         server.stop()
 
 
-def test_a_worker_serves_its_own_metrics(tmp_path, database):
+def test_a_worker_serves_its_own_metrics(tmp_path: Path, database: str) -> None:
     files = tmp_path / "files"
     toml = config_toml(
         None, extra=f'\n[server]\ndatabase_url = "{database}"\nstorage_url = "file://{files}"\n'
@@ -148,8 +108,8 @@ def test_a_worker_serves_its_own_metrics(tmp_path, database):
     api.start()
     port = free_port()
     worker = Worker(tmp_path / "worker", api.config_path, extra_args=("--metrics-port", str(port)))
-    worker.start()
     try:
+        worker.start()
         c = client(api)
         lines = [
             chat_line(f"w{i}", "x", model="batch-test-model", url="/v1/chat/ds-test")
@@ -157,7 +117,7 @@ def test_a_worker_serves_its_own_metrics(tmp_path, database):
         ]
         batch = wait_for(c, submit(c, lines, endpoint="/v1/chat/ds-test").id)
         assert batch.request_counts.completed == 7
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
             text = resp.read().decode()
         succeeded = [
             line

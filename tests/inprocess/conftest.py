@@ -188,7 +188,15 @@ async def start_app(workdir: Path, toml: str, *, api_only: bool = False) -> App:
     call it directly."""
     settings = settings_from(toml, workdir)
     app = App(settings, workdir, api_only, _build(settings, api_only))
-    await app.server.start()
+    try:
+        await app.server.start()
+    except BaseException:
+        # What did open (the store, say) is closed again: no thread or pool outlives the test.
+        with contextlib.suppress(Exception):
+            await app.server.blobs.close()
+        with contextlib.suppress(Exception):
+            await app.server.store.close()
+        raise
     return app
 
 
