@@ -67,8 +67,10 @@ def test_backup_of_a_running_server_restores_files_and_batches(
     done = wait_for(c, submit(c, done_lines).id)
     assert done.status == "completed"
     done_output = c.files.content(done.output_file_id).content
-    # 40 lines of a second each, 4 at a time: running all through the backup.
-    running_lines = [chat_line(f"r{i}", f"SLOW {i}") for i in range(40)]
+    # The upstream answers 429 + Retry-After until told otherwise: the second batch is running
+    # (its lines wait, no attempt spent) all through the backup, however slow the machine is.
+    upstream.configure(storm_seconds=3600)
+    running_lines = [chat_line(f"r{i}", f"running {i}") for i in range(40)]
     running = submit(c, running_lines)
     wait_for(c, running.id, {"in_progress"})
 
@@ -96,7 +98,8 @@ def test_backup_of_a_running_server_restores_files_and_batches(
     assert churned, "no file was uploaded during the backup"
     manifest = json.loads((tmp_path / "backup" / MANIFEST_NAME).read_text())
     assert manifest["files"] >= 3  # kept, the finished batch's input and output at least
-    assert c.batches.retrieve(running.id).status == "in_progress", "the batch ended too soon"
+    assert c.batches.retrieve(running.id).status == "in_progress"
+    upstream.configure(storm_seconds=0)
 
     with restored(server, tmp_path / "backup", tmp_path / "restored") as other:
         r = client(other)
