@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import commands
+
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "| benchmark"
 SCRIPTS = {
@@ -26,9 +28,8 @@ SCRIPTS = {
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=240
-    )
+    # A child of the harness: it dies with the test run, even a killed one.
+    return commands.run([sys.executable, *args], cwd=ROOT, timeout=240)
 
 
 def table_rows(stdout: str) -> list[list[str]]:

@@ -24,8 +24,8 @@ import pytest
 
 from lowtide.testing import postgres as pg
 from lowtide.testing.harness import Lowtide, Upstream, Worker
-
 from tests.support.moto import S3_KEY, S3_REGION, MotoServer
+
 from .conftest import (
     ALICE,
     BOB,
@@ -146,13 +146,17 @@ def holdings(url: str, worker: Worker) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1])
 
 
-def busiest_worker(url: str, workers: list[Worker], timeout: float = 30.0) -> Worker:
+def lines_done(url: str) -> int:
+    """Lines of every batch that have ended, as the database records them."""
+    return int(query(url, "SELECT COALESCE(SUM(completed + failed), 0) FROM batches")[0][0])
+
+
+def busiest_worker(url: str, workers: list[Worker], timeout: float = 60.0) -> Worker:
     """Once both batches are well under way, the worker with the most slots that is running
     requests (it holds leased requests and slots at the same time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = query(url, "SELECT COALESCE(SUM(completed + failed), 0) FROM batches")[0][0]
-        if done >= LINES // 2:  # a quarter of the work is done
+        if lines_done(url) >= LINES // 2:  # a quarter of the work is done
             held = {w.pid: holdings(url, w) for w in workers}
             busy = [w for w in workers if min(held[w.pid]) > 0]
             if busy:
@@ -252,11 +256,18 @@ def test_a_worker_frozen_past_its_lease_loses_its_slots_and_no_line(
     victim.pause()
     try:
         slots_at_pause = holdings(database, victim)[1]
-        deadline = time.monotonic() + 4 * LEASE
-        while holdings(database, victim)[1] > 0:  # its slot leases run out, others take them
+        # Its slot leases run out (after LEASE seconds), and the others take them. The deadline
+        # only turns a hang into a failure.
+        deadline = time.monotonic() + 60
+        while holdings(database, victim)[1] > 0:
             assert time.monotonic() < deadline, "the frozen worker's slots were not taken over"
             time.sleep(0.1)
-        time.sleep(1.0)  # the others run on its former slots for a while
+        # The others run on its former slots for a while: a ceiling's worth of lines ends
+        # after the take-over, while it is still frozen.
+        taken_over_at = lines_done(database)
+        while lines_done(database) < min(taken_over_at + CEILING, 2 * LINES):
+            assert time.monotonic() < deadline, "the others made no progress"
+            time.sleep(0.05)
     finally:
         victim.resume()
 

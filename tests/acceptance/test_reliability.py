@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from contextlib import closing
@@ -24,6 +23,7 @@ import pytest
 from lowtide.store import migrations
 from lowtide.testing.harness import Lowtide, Upstream
 from lowtide.testing.invariants import check_batch
+from tests.support import commands
 
 from .conftest import chat_line, client, config_toml, jsonl, submit, wait_for
 
@@ -41,12 +41,9 @@ def _fault_cases() -> list[str]:
 
 
 def run_script(name: str, *args: str, timeout: float = 120) -> Any:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / name), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
+    # A child of the harness: it dies with the test run, even a killed one.
+    proc = commands.run(
+        [sys.executable, str(ROOT / "bench" / name), *args, "--json"], timeout=timeout, cwd=ROOT
     )
     assert proc.stdout, f"{name} printed nothing:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
@@ -128,6 +125,24 @@ def _wait_completed(server: Lowtide, batch_id: str, n: int) -> None:
         time.sleep(0.05)
 
 
+def _wait_leases_run_out(server: Lowtide) -> int:
+    """Poll the frozen server's database until no request is leased into the future; return
+    how many leased requests are past their lease then. The deadline only turns a hang into
+    a failure."""
+    deadline = time.monotonic() + 60
+    while True:
+        with _db(server) as conn:
+            expired, live = conn.execute(
+                "SELECT COALESCE(SUM(lease_until < :now), 0), COALESCE(SUM(lease_until >= :now), 0)"
+                " FROM requests WHERE state = 1",
+                {"now": time.time()},
+            ).fetchone()
+        if live == 0:
+            return int(expired)
+        assert time.monotonic() < deadline, f"{live} leases never ran out"
+        time.sleep(0.1)
+
+
 def test_sigstop_past_the_lease_then_sigcont_completes_each_line_once(
     tmp_path: Path, upstream: Upstream
 ) -> None:
@@ -144,13 +159,11 @@ def test_sigstop_past_the_lease_then_sigcont_completes_each_line_once(
         _wait_completed(server, batch.id, 50)
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGSTOP)
-        time.sleep(3.0)  # three leases: every lease it holds has run out meanwhile
-        with _db(server) as conn:
-            (expired,) = conn.execute(
-                "SELECT COUNT(*) FROM requests WHERE state = 1 AND lease_until < ?",
-                (time.time(),),
-            ).fetchone()
-        os.kill(server.proc.pid, signal.SIGCONT)
+        try:
+            # Frozen, it renews nothing: wait until every lease it holds has run out.
+            expired = _wait_leases_run_out(server)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
         batch = wait_for(c, batch.id, timeout=120)
         assert expired > 0, "nothing was leased while the process was stopped"
         assert batch.status == "completed" and batch.request_counts.completed == 400

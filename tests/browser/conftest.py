@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from lowtide.testing.harness import Lowtide, Upstream
-from tests.acceptance.conftest import ALICE, make_server, upstream
+from tests.support.batches import ALICE
+from tests.support.served import make_server, upstream
 
 __all__ = ["ALICE", "Ui", "browser", "make_server", "ui", "upstream"]
 
@@ -30,7 +31,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-TIMEOUT_MS = 20_000
+# How long Playwright waits for what a test expects to see: only turns a hang into a failure.
+TIMEOUT_MS = 60_000
 # HTTP error statuses are logged as console errors by Chromium; the tests provoke some on
 # purpose (a wrong key) and check what the page shows instead.
 _HTTP_STATUS_LOG = re.compile(r"^Failed to load resource: the server responded with a status of")
@@ -53,6 +55,9 @@ def browser() -> Iterator[Any]:
         _missing("playwright is not installed: run `make install-dev`")
     if not CHROMIUM.exists():
         _missing(f"{CHROMIUM} is missing: run scripts/ensure-chromium")
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)  # its own default is 5 s
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium

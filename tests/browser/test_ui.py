@@ -17,15 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import (
-    ALICE,
-    chat_line,
-    client,
-    jsonl,
-    submit,
-    wait_for,
-)
 from tests.browser.conftest import Ui
+from tests.support.batches import ALICE, chat_line, jsonl
+from tests.support.served import client, submit, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH_URL = re.compile(r".*#/batches/batch_[0-9a-f]+$")
@@ -216,7 +210,7 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
     request = urllib.request.Request(url, headers=headers or {})
     opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(request, timeout=10) as resp:
+        with opener.open(request, timeout=30) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
@@ -287,7 +281,7 @@ def test_screenshots_for_the_readme(ui: Ui) -> None:
     wait_for(c, failed.id)
     lines = [chat_line(f"x{i}", "quick" if i < 10 else "SLOW") for i in range(40)]
     cancelled = submit(c, lines, metadata={"ds_name": "abandoned"})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # only turns a hang into a failure
     while c.batches.retrieve(cancelled.id).request_counts.completed < 10:
         assert time.monotonic() < deadline, "the quick lines did not finish"
         time.sleep(0.05)

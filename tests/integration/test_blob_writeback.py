@@ -42,7 +42,7 @@ def open_fds() -> int:
 
 def wait_for_fds(expected: int) -> None:
     """Descriptors of aborted blobs are closed when their flush ends, in its thread."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # only turns a hang into a failure
     while open_fds() > expected and time.monotonic() < deadline:
         time.sleep(0.01)
     assert open_fds() == expected
@@ -84,18 +84,20 @@ async def test_a_cancelled_blob_leaves_nothing_and_its_file_is_closed(
     store: LocalBlobStore,
 ) -> None:
     fds = open_fds()
-    started = asyncio.Event()
+    flushing = asyncio.Event()
 
     async def write_forever() -> None:
         async with store.writer("files/file-cancelled") as writer:
+            written = 0
             while True:
                 await writer.write(os.urandom(EVERY))
-                started.set()
+                written += 1
+                if written >= 4:  # a flush starts every EVERY bytes: a few have started
+                    flushing.set()
                 await asyncio.sleep(0)
 
     task = asyncio.create_task(write_forever())
-    await started.wait()
-    await asyncio.sleep(0.05)  # a few flushes started
+    await flushing.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
