@@ -59,7 +59,7 @@ def test_at_most_max_seqs_run_and_the_rest_are_admitted_first_come_first_served(
         admitted_order += [s for s in seqs if s.admitted_at == result.start and s not in before]
     assert admitted_order == seqs  # admitted in the order they arrived
     assert all(s.finished_at is not None for s in seqs)
-    assert core.counters.peak_running == 2 and core.counters.peak_waiting == 5
+    assert core.counters.peak_running == 2 and core.counters.peak_waiting == 3
 
 
 def test_a_request_is_not_admitted_before_it_arrives() -> None:
@@ -68,6 +68,7 @@ def test_a_request_is_not_admitted_before_it_arrives() -> None:
     late = request(core, prompt("b", 8), max_tokens=1, at=5.0)
     core.step()
     assert first in core.running and late in core.waiting
+    assert core.counters.peak_waiting == 0  # it waits for its arrival, not for room
     core.step()  # the first finishes; the next step waits for the late one's arrival
     assert core.next_step_at() == 5.0
     result = core.step()

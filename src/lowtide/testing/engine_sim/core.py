@@ -93,6 +93,7 @@ class Counters:
     prefix_queries: int = 0  # tokens looked up in the prefix cache (vLLM's definition)
     prefix_hits: int = 0  # of which found cached
     peak_running: int = 0
+    # The most requests left waiting by a step although they had arrived by its start.
     peak_waiting: int = 0
 
 
@@ -132,7 +133,6 @@ class EngineCore:
             raise ValueError("requests must be added in the order of their arrival")
         seq.rid = next(self._ids)
         self.waiting.append(seq)
-        self.counters.peak_waiting = max(self.counters.peak_waiting, len(self.waiting))
         return seq
 
     def abort(self, seq: Seq) -> None:
@@ -153,7 +153,7 @@ class EngineCore:
             if not self.idle():
                 raise RuntimeError("the cache can only be emptied while nothing runs or waits")
             self.pool = BlockPool(self.config.num_blocks)
-        self.counters = Counters(peak_running=len(self.running), peak_waiting=len(self.waiting))
+        self.counters = Counters(peak_running=len(self.running))
         self._evicted_at_reset = self.pool.evicted
 
     # -- the step
@@ -178,8 +178,18 @@ class EngineCore:
         c.prefill_tokens += prefill
         c.generation_tokens += batch
         c.peak_running = max(c.peak_running, batch)
-        c.peak_waiting = max(c.peak_waiting, len(self.waiting))
+        c.peak_waiting = max(c.peak_waiting, self._left_waiting(start))
         return StepResult(start, duration, batch, admitted, prefill, preempted, finished)
+
+    def _left_waiting(self, start: float) -> int:
+        """Requests that had arrived by the step's start and still wait after it: those the
+        engine had no room for (not those that merely arrived while the step was computed)."""
+        n = 0
+        for seq in self.waiting:
+            if seq.arrival > start:
+                break
+            n += 1
+        return n
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.config.block_size)
