@@ -109,10 +109,13 @@ def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
 
 def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
     # Only while the child is not reaped: until then its pid, and so its group id, cannot be
-    # given to another process.
+    # given to another process. A child not started by spawn may lead no group: then only it.
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
 
 
 def _has_exited(proc: subprocess.Popen[Any]) -> bool:
