@@ -72,6 +72,12 @@ CONCURRENCY_LIMIT = Gauge(
     ("backend",),
     registry=REGISTRY,
 )
+BACKEND_UP = Gauge(
+    "lowtide_backend_up",
+    "1 while a backend answers, 0 while it is down (as this process sees it).",
+    ("backend",),
+    registry=REGISTRY,
+)
 VALIDATION_SECONDS = Histogram(
     "lowtide_validation_seconds",
     "Time to validate an input file.",

@@ -103,6 +103,10 @@ class EngineSettings(_Strict):
     outage_grace: float = Field(default=120.0, ge=0)
     #: Seconds to let in-flight requests finish on SIGTERM before they are released.
     shutdown_grace: float = Field(default=8.0, ge=0)
+    #: Seconds between two health probes (``GET /models``) of a backend that is up...
+    probe_interval: float = Field(default=10.0, gt=0)
+    #: ... and of one that is down: how soon a backend that is back is used again.
+    probe_interval_down: float = Field(default=1.0, gt=0)
 
 
 class LimitSettings(_Strict):

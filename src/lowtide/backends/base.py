@@ -34,4 +34,8 @@ class Backend(Protocol):
     async def send(self, path: str, body: bytes) -> Reply:
         """POST ``body`` to ``path`` (e.g. ``/chat/completions``); raise ``Unreachable``."""
 
+    async def probe(self) -> str | None:
+        """Ask the backend something cheap: None if it answered at all (any status), else
+        why not (refused, reset, timed out)."""
+
     async def close(self) -> None: ...

@@ -58,12 +58,30 @@ class OpenAIHTTPBackend:
         except aiohttp.ClientError as exc:
             raise Unreachable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
+    async def probe(self) -> str | None:
+        # GET /models: every OpenAI-compatible server has it, and it costs the server nothing.
+        # Any status counts as an answer (a 401 or 404 says the server is there).
+        timeout = aiohttp.ClientTimeout(total=min(PROBE_TIMEOUT, self._timeout.total or 600))
+        try:
+            async with self._client().get(
+                self._base + "/models", timeout=timeout, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                return None
+        except TimeoutError:
+            return f"no answer to GET /models in {timeout.total:g} s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
             await asyncio.sleep(0)
 
+
+#: Seconds a health probe waits for an answer.
+PROBE_TIMEOUT = 5.0
 
 # One answer larger than this is refused: a hostile or broken backend must not exhaust memory.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024

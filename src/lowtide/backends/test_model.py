@@ -37,5 +37,8 @@ class TestModelBackend:
         }
         return Reply(status=200, body=orjson.dumps(reply), request_id=request_id)
 
+    async def probe(self) -> str | None:
+        return None  # in this process: always there
+
     async def close(self) -> None:
         return None

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_CLAIM = 512  # requests claimed in one statement
 _ACTIVE_REFRESH = 0.5  # seconds between reloads of the list of active batches
-_DOWN_AFTER = 3  # requests in a row without an answer that mark a backend as down
 
 
 class Dispatcher:
@@ -244,8 +243,9 @@ class Dispatcher:
         try:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
         except Unreachable as exc:
-            return self._unreachable(slot, claim, exc)
-        slot.failures, slot.down_since = 0, None
+            return self._unreachable(slot, claim, exc, started)
+        if slot.health.answered():
+            self._slot_freed.set()  # it was down: every slot is free again, not just this one
         meters.latency.observe(time.monotonic() - started)
         if reply.status == 429:
             meters.rate_limited.inc()
@@ -253,26 +253,23 @@ class Dispatcher:
             self._pause(slot, reply.retry_after, reply.status)
         return outcomes.from_reply(claim, reply, self.policy)
 
-    def _unreachable(self, slot: Slot, claim: Claim, exc: Unreachable) -> Outcome:
-        """Several requests in a row without an answer: the backend is down, not the line.
-
-        Pause the backend (growing pauses, up to 30 s) and, for up to ``outage_grace``
-        seconds of outage, retry the line without spending an attempt, so that an outage
-        costs lines nothing. Past the grace, attempts count again: when the only lines left
-        are ones that always fail, that looks exactly like an outage, and they must still
-        end in the error file rather than wait for the window to expire.
+    def _unreachable(self, slot: Slot, claim: Claim, exc: Unreachable, sent_at: float) -> Outcome:
+        """No answer. A few in a row and the backend is down, not the line (engine/health.py):
+        for up to ``outage_grace`` seconds of outage the line waits for the backend without
+        spending an attempt, so that an outage costs lines nothing. Past the grace, attempts
+        count again: when the only lines left are ones that always fail, that looks exactly
+        like an outage, and they must still end in the error file rather than wait for the
+        window to expire.
         """
-        slot.failures += 1
-        if slot.failures < _DOWN_AFTER:
+        health = slot.health
+        health.unanswered(exc.message, sent_at)
+        if health.up:
             return outcomes.from_unreachable(claim, exc, self.policy)
-        now = time.monotonic()
-        if slot.down_since is None:
-            slot.down_since = now
-        seconds = min(30.0, 0.5 * 2 ** (slot.failures - _DOWN_AFTER))
-        if slot.paused_until <= now:
-            self._pause(slot, seconds, 0)
-        if now - slot.down_since < self.outage_grace:
-            return _give_back_claim(claim, seconds)
+        if health.down_for() < self.outage_grace:
+            # Claimable again at once: the router sends nothing to a paused backend anyway, and
+            # a line held back until the pause's end would idle past a probe that found the
+            # backend back sooner.
+            return _give_back_claim(claim, 0.0)
         return outcomes.from_unreachable(claim, exc, self.policy)
 
     def _pause(self, slot: Slot, seconds: float, status: int) -> None:
@@ -281,12 +278,17 @@ class Dispatcher:
         metrics.PAUSES.labels(name).inc()
         metrics.PAUSE_SECONDS.labels(name).inc(seconds)
         logger.info(
-            "backend %s paused for %.1fs (%s)",
+            "backend %s paused for %.1fs (HTTP %d, Retry-After)",
             name,
             seconds,
-            f"HTTP {status}" if status else "no answer",
+            status,
             extra={"action": "backend_pause", "backend": name, "seconds": seconds},
         )
+
+    def backend_changed(self, name: str, up: bool) -> None:
+        """The health monitor saw a backend go down or come back: look again at once."""
+        self._slot_freed.set()
+        self._wake.set()
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for requests in flight, then cancel the rest

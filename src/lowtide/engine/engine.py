@@ -3,7 +3,8 @@
 - validation: claims batches in ``validating`` and checks their files;
 - dispatch: claims requests and sends them to backends (``Dispatcher``);
 - commit: group-commits outcomes (``ResultSink``);
-- upkeep: heartbeats, expiry, lease reclaim, and finalisation of batches that are ready.
+- upkeep: heartbeats, expiry, lease reclaim, and finalisation of batches that are ready;
+- health: probes of the backends, at start-up and then periodically (``HealthMonitor``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lowtide.engine.capacity import CapacityKeeper
 from lowtide.engine.dispatcher import Dispatcher
 from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
+from lowtide.engine.health import HealthMonitor
 from lowtide.engine.router import Router
 from lowtide.engine.sink import ResultSink
 from lowtide.engine.validating import validate_batch
@@ -85,6 +87,17 @@ class Engine:
                 lease=self.lease,
             )
         )
+        configured = {b.name for b in settings.backends}  # the test model needs no probe
+        self.health = HealthMonitor(
+            [
+                (s.backend, s.health, s.held)
+                for s in router.slots()
+                if s.backend.name in configured
+            ],
+            interval_up=conf.probe_interval,
+            interval_down=conf.probe_interval_down,
+            on_change=self.dispatcher.backend_changed,
+        )
         self._validate_wake = asyncio.Event()
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -105,6 +118,7 @@ class Engine:
         if self.capacity is not None:
             self.capacity.start_empty()
             self._spawn("capacity", self.capacity.run)
+        self._spawn("health", self._health_loop)
         self._spawn("dispatch", self.dispatcher.run)
         self._spawn("commit", self.sink.run)
         self._spawn("validation", self._validation_loop)
@@ -130,6 +144,7 @@ class Engine:
     async def stop(self) -> None:
         """Stop claiming, let in-flight requests finish (bounded), commit, release leases."""
         self._stopping = True
+        self.health.stop()
         self.dispatcher.stop()
         self._validate_wake.set()
         await self.dispatcher.drain(self.settings.engine.shutdown_grace)
@@ -178,6 +193,10 @@ class Engine:
                 )
                 if started:
                     self.dispatcher.wake()
+
+    async def _health_loop(self) -> None:
+        await self.health.probe_all()
+        await self.health.run()
 
     async def _finalize_loop(self) -> None:
         while not self._stopping:

@@ -1,13 +1,15 @@
 """Which backend gets the next request of a model: least in flight, never over its ceiling,
-never while it is paused by a ``Retry-After``."""
+never while it is paused by a ``Retry-After``, and while it is down only the one probe that
+its ``Health`` allows."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lowtide.backends.base import Backend
+from lowtide.engine.health import Health
 
 
 @dataclass(slots=True)
@@ -22,10 +24,10 @@ class Slot:
     granted_until: float = math.inf
     #: A dispatcher found no free capacity here since the capacity keeper last looked.
     starved: bool = False
-    #: Requests in a row that got no answer at all (reset by any answer).
-    failures: int = 0
-    #: When (monotonic) those failures made the backend count as down.
-    down_since: float | None = None
+    health: Health = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health = Health(self.backend.name)
 
     def capacity(self) -> int:
         ceiling = self.backend.max_concurrency
@@ -35,10 +37,14 @@ class Slot:
             return 0  # not renewed in time (a stall, a lost database): the slots may be gone
         return min(self.granted, ceiling)
 
+    def held(self) -> bool:
+        """A ``Retry-After`` holds it: nothing may be sent to it yet."""
+        return time.monotonic() < self.paused_until
+
     def free(self, now: float) -> int:
         if now < self.paused_until:
             return 0
-        return max(0, self.capacity() - self.in_flight)
+        return self.health.free(now, self.in_flight, self.capacity())
 
 
 class Router:
@@ -79,10 +85,15 @@ class Router:
         slot.paused_until = max(slot.paused_until, time.monotonic() + seconds)
 
     def next_unpause(self) -> float | None:
-        """Seconds until the first paused backend may be used again."""
+        """Seconds until the first paused backend may be used again (a ``Retry-After``, or
+        the pause of one that is down)."""
         now = time.monotonic()
-        waits = [s.paused_until - now for s in self._slots.values() if s.paused_until > now]
+        ends = (max(s.paused_until, s.health.resume_at) for s in self._slots.values())
+        waits = [end - now for end in ends if end > now]
         return min(waits) if waits else None
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
 
     def slot(self, backend_name: str) -> Slot:
         return self._slots[backend_name]

@@ -157,14 +157,16 @@ def not_found(stats: Stats, request: web.BaseRequest, route: Route | None) -> we
     )
 
 
-def models(stats: Stats, cfg: UpstreamConfig) -> web.Response:
-    stats.ok += 1
+def model_list(cfg: UpstreamConfig) -> web.Response:
     created = int(time.time())
     data = [
         {"id": model, "object": "model", "created": created, "owned_by": "lowtide-fake"}
         for model in cfg.models
     ]
-    return respond(stats, 200, orjson.dumps({"object": "list", "data": data}))
+    headers = {"x-request-id": "req_" + hex_id()}
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type=JSON, headers=headers
+    )
 
 
 def bad_body(stats: Stats, body: object, route: Route, cfg: UpstreamConfig) -> web.Response | None:

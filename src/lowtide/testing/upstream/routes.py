@@ -43,6 +43,8 @@ def _no_body(body: dict[str, Any], a: Answer) -> dict[str, Any]:
     return {}
 
 
+MODELS_PATH: Final = "/v1/models"
+
 ROUTES: Final[dict[str, Route]] = {
     "/v1/chat/completions": Route(
         "POST",
@@ -74,7 +76,8 @@ ROUTES: Final[dict[str, Route]] = {
     "/v1/embeddings": Route(
         "POST", Kind.EMBED, "input", reading.input_key, reading.input_chars, bodies.embedding_body
     ),
-    "/v1/models": Route("GET", Kind.MODELS, "", _no_key, _no_chars, _no_body),
+    # Answered apart, before any fault or counter (FakeUpstream._list_models): health probes.
+    MODELS_PATH: Route("GET", Kind.MODELS, "", _no_key, _no_chars, _no_body),
 }
 
 

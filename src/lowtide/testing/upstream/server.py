@@ -28,7 +28,7 @@ from aiohttp.web_protocol import RequestHandler
 from lowtide.testing.upstream import replies
 from lowtide.testing.upstream.config import UpstreamConfig, require_loopback, with_windows
 from lowtide.testing.upstream.faults import Dice, Fault, Pauses, has
-from lowtide.testing.upstream.routes import ROUTES, Kind, Route, answer
+from lowtide.testing.upstream.routes import MODELS_PATH, ROUTES, Route, answer
 from lowtide.testing.upstream.stats import Stats
 
 # Batch lines can carry long contexts or many embedding inputs; aiohttp's default is 1 MiB.
@@ -210,6 +210,8 @@ class FakeUpstream:
         path = request.path
         if path.startswith("/_fake/"):
             return await self._control(request)
+        if path == MODELS_PATH and request.method == "GET":
+            return self._list_models(request)
         stats = self._stats
         stats.requests += 1
         stats.by_route[path] += 1
@@ -225,6 +227,19 @@ class FakeUpstream:
             # self._stats, not stats: reset() may have swapped the object meanwhile.
             self._stats.in_flight -= 1
 
+    def _list_models(self, request: web.BaseRequest) -> web.StreamResponse:
+        """A health probe: answered like any listing, but for an outage (a server that is
+        down answers nothing at all), and counted apart (``model_listings``)."""
+        cfg = self._config
+        self._stats.model_listings += 1
+        if cfg.down_until > time.time() and cfg.down_mode == "close":
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
+        if cfg.down_until > time.time():
+            return web.json_response({"error": {"message": "down"}}, status=503)
+        return replies.model_list(cfg)
+
     async def _serve(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         now, wall, cfg = request[_ARRIVED], time.time(), self._config
         self._pauses.note_arrival(now, cfg.early_grace_ms, self._stats)
@@ -235,8 +250,6 @@ class FakeUpstream:
             return replies.down(self._stats, request, cfg)
         if self._auth is not None and request.headers.get("Authorization") != self._auth:
             return replies.unauthorized(self._stats)
-        if route.kind is Kind.MODELS:
-            return replies.models(self._stats, cfg)
         body = await self._read_body(request, route, cfg)
         if isinstance(body, web.Response):
             return body

@@ -10,6 +10,9 @@ from typing import Any
 
 @dataclass(slots=True)
 class Stats:
+    #: ``GET /v1/models``: a client's health probes, counted apart from the requests below
+    #: (they are not model work: no latency, no faults, no concurrency, no pauses).
+    model_listings: int = 0
     requests: int = 0
     in_flight: int = 0
     max_concurrency_seen: int = 0
