@@ -26,6 +26,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from lowtide.api import params
 from lowtide.domain import wire
+from lowtide.domain.validation import TEST_ENDPOINT
 from lowtide.service.idempotency import HEADER as IDEMPOTENCY_HEADER
 from lowtide.service.idempotency import MAX_KEY_LENGTH
 
@@ -93,7 +94,7 @@ _FILE_LINKS: Links = {
         {},
         {
             "input_file_id": "$response.body#/id",
-            "endpoint": "/v1/chat/ds-test",
+            "endpoint": TEST_ENDPOINT,  # the test model runs anywhere, free
             "completion_window": "24h",
         },
     ),
