@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from openai import OpenAI
 
-from lowtide.testing.harness import Lowtide, Upstream
+from lowtide.testing.harness import Lowtide, Upstream, ending_children
 from lowtide.testing.invariants import Report, check_batch
 
 KEY = "sk-chaos-0000000001"
@@ -513,6 +513,20 @@ def _why(r: dict[str, Any], opts: Options) -> str:
 # ------------------------------------------------------------------------ command line
 
 
+def run_scenarios(opts: Options) -> list[Scenario]:
+    rng = random.Random(opts.seed)
+    upstream = Upstream(
+        "--seed", str(opts.seed), "--latency", str(opts.latency), "--jitter", str(opts.latency / 2)
+    )
+    try:
+        scenarios = main_and_cancel(opts, upstream, rng)
+        if opts.expiry_kills and opts.expiry_lines:
+            scenarios.append(expiry(opts, upstream, rng))
+    finally:
+        upstream.stop()
+    return scenarios
+
+
 def parse(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--lines", type=int, default=10_000, help="lines of the main batch")
@@ -548,17 +562,15 @@ def parse(argv: list[str] | None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    rng = random.Random(opts.seed)
     started = time.monotonic()
-    upstream = Upstream(
-        "--seed", str(opts.seed), "--latency", str(opts.latency), "--jitter", str(opts.latency / 2)
-    )
     try:
-        scenarios = main_and_cancel(opts, upstream, rng)
-        if opts.expiry_kills and opts.expiry_lines:
-            scenarios.append(expiry(opts, upstream, rng))
-    finally:
-        upstream.stop()
+        # The servers and the upstream end with their process groups however the run ends:
+        # done, failed, Ctrl-C or SIGTERM.
+        with ending_children():
+            scenarios = run_scenarios(opts)
+    except KeyboardInterrupt:
+        print("interrupted; every process it started has ended", file=sys.stderr)
+        return 130
     result = summary(opts, scenarios)
     result["seconds"] = round(time.monotonic() - started, 1)
     if opts.json:

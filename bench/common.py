@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from lowtide.testing.harness import Lowtide, Upstream
+from lowtide.testing.harness import Lowtide, Upstream, ending_children
 
 if TYPE_CHECKING:
     import openai
@@ -123,13 +123,22 @@ def main(
     add_args: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace, Path], Report],
 ) -> None:
-    """Parse the flags, run the benchmark in a scratch folder, print its table."""
+    """Parse the flags, run the benchmark in a scratch folder, print its table.
+
+    Every process the benchmark starts (through the harness) is ended with its process group
+    before the script exits, however it exits: done, failed, Ctrl-C or SIGTERM.
+    """
     p = parser(description)
     add_args(p)
     args = p.parse_args()
     before = machine_busy()
-    with scratch(args.workdir) as workdir:
-        report = run(args, workdir)
+    try:
+        # Children end before the scratch folder goes: they may still be writing in it.
+        with scratch(args.workdir) as workdir, ending_children():
+            report = run(args, workdir)
+    except KeyboardInterrupt:
+        print("interrupted; every process it started has ended", file=sys.stderr)
+        sys.exit(130)
     report.note(f"{report.rows[0].benchmark}: {load_note(before)}")
     print_report(report)
     if args.json:

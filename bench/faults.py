@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from openai import OpenAI
 
-from lowtide.testing.harness import Lowtide, Upstream
+from lowtide.testing.harness import Lowtide, Upstream, ending_children
 from lowtide.testing.invariants import Report, check_batch, parse_jsonl
 
 KEY = "sk-faults-000000001"
@@ -497,6 +497,22 @@ def table(results: list[Result]) -> str:
     return "\n".join([*rows, "", "Engine settings per case:", *settings])
 
 
+def run_cases(env: Env, names: list[str], jobs: int) -> list[Result]:
+    """Run the cases, ``jobs`` at once; on the way out, however it goes, no process is left."""
+    # Exits in reverse order: ending_children ends every case's processes first, so that a
+    # case still running fails at once (its server and upstream gone) and the pool, which
+    # waits for its threads, is not held up by it.
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, ending_children():
+        # Each case has its own processes, ports and directory, so cases can overlap.
+        futures = [pool.submit(run, name, env) for name in names]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the cases not started yet never start
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small batches, short faults")
@@ -514,9 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="lowtide-faults-"))
     env = Env(root, args.quick, args.seed, args.early_grace_ms)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        # Each case has its own processes, ports and directory, so cases can overlap.
-        results = list(pool.map(lambda name: run(name, env), args.only or CASE_NAMES))
+    try:
+        results = run_cases(env, args.only or CASE_NAMES, args.jobs)
+    except KeyboardInterrupt:
+        print("interrupted; every process it started has ended", file=sys.stderr)
+        return 130
     if args.json:
         out = [{**r.__dict__, "ok": r.ok} for r in results]
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")

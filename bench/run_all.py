@@ -19,6 +19,9 @@ from pathlib import Path
 
 from common import Report, machine_busy, print_report
 
+from lowtide.testing import children
+from lowtide.testing.children import ending_children
+
 BENCH = Path(__file__).resolve().parent
 NAMES = ("validate", "upload", "dispatch", "makespan", "memory", "finalise", "control_plane")
 
@@ -57,7 +60,7 @@ def upstream_capacity(tiny: bool) -> None:
     """The fake upstream's own speed, from ``bench/upstream_speed.py``, printed as it is."""
     sizes = ["--requests", "500", "--warmup", "100"] if tiny else ["--requests", "20000"]
     print("The fake upstream alone (bench/upstream_speed.py):", flush=True)
-    subprocess.run([sys.executable, str(BENCH / "upstream_speed.py"), *sizes], check=True)
+    children.run([sys.executable, str(BENCH / "upstream_speed.py"), *sizes], check=True)
     print(flush=True)
 
 
@@ -66,7 +69,7 @@ def run_one(name: str, tiny: bool, out: Path) -> Report:
     if tiny:
         cmd.append("--tiny")
     t0 = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = children.run(cmd, capture_output=True, text=True)
     print(f"  {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -83,15 +86,21 @@ def main() -> int:
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.argv)
     print("\n".join([f"date: {started}", f"command: {command}", *machine()]))
     print(flush=True)
-    upstream_capacity(args.tiny)
     report, failed = Report(), []
-    with tempfile.TemporaryDirectory(prefix="lowtide-bench-all-") as tmp:
-        for name in args.only or NAMES:
-            try:
-                report.extend(run_one(name, args.tiny, Path(tmp) / f"{name}.json"))
-            except RuntimeError as exc:
-                failed.append(name)
-                print(exc, file=sys.stderr)
+    try:
+        # Each benchmark is a child in its own process group: on Ctrl-C or SIGTERM here, it is
+        # sent SIGTERM, on which it ends its own children before it exits.
+        with tempfile.TemporaryDirectory(prefix="lowtide-bench-all-") as tmp, ending_children():
+            upstream_capacity(args.tiny)
+            for name in args.only or NAMES:
+                try:
+                    report.extend(run_one(name, args.tiny, Path(tmp) / f"{name}.json"))
+                except RuntimeError as exc:
+                    failed.append(name)
+                    print(exc, file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; every process it started has ended", file=sys.stderr)
+        return 130
     busy, total = machine_busy()
     share = (busy - before[0]) / max(1e-9, total - before[1])
     report.note(

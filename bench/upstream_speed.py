@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from lowtide.testing.children import ending_children
 from lowtide.testing.upstream import UpstreamConfig, UpstreamProcess
 
 _ROUTES: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
@@ -139,6 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = ["--no-uvloop"] if args.no_uvloop else []
     with (
+        ending_children(),  # the upstream process ends however this script does
         UpstreamProcess(UpstreamConfig(seed=1), extra_args=extra) as upstream,
         _uvloop_runner(not args.no_uvloop) as runner,
     ):

@@ -21,6 +21,7 @@ import orjson
 from common import MIB, MODEL, Report, Row, main, mb_s, mib, peak_rss, write_chat_file
 
 from lowtide.domain.validation import Limits, Validator
+from lowtide.testing import children
 
 CHUNK = 1 << 20  # what LocalBlobStore.stream hands the engine
 # (module, function) of the decoders to try for the baseline, fastest first where known.
@@ -72,9 +73,7 @@ def measure_decoder(path: Path, module: str) -> dict[str, Any]:
 
 def child(kind: str, path: Path) -> dict[str, Any]:
     """Run one side in a fresh process; returns its figures."""
-    import subprocess
-
-    out = subprocess.run(
+    out = children.run(
         [sys.executable, __file__, "--measure", kind, str(path)],
         check=True,
         capture_output=True,

@@ -107,6 +107,30 @@ def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
     return proc
 
 
+def run(
+    cmd: Sequence[str],
+    *,
+    check: bool = False,
+    capture_output: bool = False,
+    timeout: float | None = None,
+    **options: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` for a child started by ``spawn``: if the wait for it is cut short
+    (Ctrl-C, an exception, ``timeout``), the child is ended with its process group."""
+    if capture_output:
+        options.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = spawn(cmd, **options)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        end(proc)
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check:
+        done.check_returncode()
+    return done
+
+
 def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
     # Only while the child is not reaped: until then its pid, and so its group id, cannot be
     # given to another process. A child not started by spawn may lead no group: then only it.

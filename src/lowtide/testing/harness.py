@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import orjson
 
-from lowtide.testing.children import end, ending_children, read_ready_line, spawn
+from lowtide.testing.children import end, ending_children, read_ready_line, run, spawn
 
 __all__ = [
     "HOST",
@@ -33,6 +33,7 @@ __all__ = [
     "ending_children",
     "free_port",
     "http_json",
+    "run",
     "spawn",
 ]
 
