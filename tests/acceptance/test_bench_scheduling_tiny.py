@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import commands
+
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["benchmark", "metric", "measured", "baseline", "ratio", "target", "result"]
 SCRIPTS = {"prefix_order": "prefix order", "adaptive": "adaptive", "budgets": "budgets"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=280
-    )
+    # A child of the harness: it (and the engine and server it starts) dies with the test run.
+    return commands.run([sys.executable, *args], cwd=ROOT, timeout=280)
 
 
 def table(stdout: str) -> list[list[str]]:
