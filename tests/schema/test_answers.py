@@ -217,6 +217,9 @@ def batches(call: Checker, p: str, file_id: str) -> None:
     call(ALICE, "POST", p + "/batches/batch_none/cancel", 404)
     call(ALICE, "POST", f"{p}/batches/{done}/cancel", 413, content=OVER)
     call(None, "POST", f"{p}/batches/{done}/cancel", 401)
+    call(ALICE, "GET", p + "/backends", 200)
+    call(ALICE, "GET", p + "/backends", 400, content=b"{}")
+    call(None, "GET", p + "/backends", 401)
 
 
 def limits(call: Checker, p: str, key: str) -> None:
@@ -229,7 +232,7 @@ def limits(call: Checker, p: str, key: str) -> None:
     for path in ("/files", "/batches"):
         call(key, "GET", p + path, 429)
     call(key, "GET", p + "/files/file-batch-none", 404)
-    for path in ("/files/file-batch-none", "/files/x/content", "/batches/batch_none"):
+    for path in ("/files/file-batch-none", "/files/x/content", "/batches/batch_none", "/backends"):
         call(key, "GET", p + path, 429)
     call(key, "DELETE", p + "/files/file-batch-none", 429)
     call(key, "POST", p + "/batches/batch_none/cancel", 404)

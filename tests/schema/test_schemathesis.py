@@ -288,7 +288,7 @@ def test_every_operation_is_described(server: Lowtide) -> None:
             assert public == (path in ("/health", "/ready")), (method, path)
             if not public:
                 assert {"401", "429"} <= set(operation["responses"]), (method, path)
-    assert len(ids) == len(set(ids)) == 20
+    assert len(ids) == len(set(ids)) == 22
 
 
 def test_auth_document_holds_the_two_accounts() -> None:

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import lowtide
-from lowtide.api import batches, errors, files, health, metrics, openapi, web
+from lowtide.api import backends, batches, errors, files, health, metrics, openapi, web
 from lowtide.api.auth import Authenticator
 from lowtide.api.middleware import LimitBodies, RateLimitHeaders, RejectBodyOnReads
 from lowtide.blobs import BlobStore
+from lowtide.service.backends import BackendService
 from lowtide.service.batches import BatchService
 from lowtide.service.files import FileService
 from lowtide.service.ratelimit import MemoryRateLimiter, RateLimiter
@@ -61,12 +62,14 @@ def create_app(
     app.add_middleware(LimitBodies, uploads=[prefix + "/files" for prefix in PREFIXES])
     app.add_middleware(RejectBodyOnReads)
     app.state.files = FileService(settings, store, blobs)
-    app.state.batches = BatchService(settings, store, wake)
+    app.state.backends = BackendService(settings, store)
+    app.state.batches = BatchService(settings, store, wake, app.state.backends)
     app.state.metrics_refreshers = list(refreshers)
     errors.install(app)
     for prefix in PREFIXES:
         app.include_router(files.router, prefix=prefix)
         app.include_router(batches.router, prefix=prefix)
+        app.include_router(backends.router, prefix=prefix)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(web.router)

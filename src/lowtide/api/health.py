@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from lowtide.api.responses import JSON
 from lowtide.domain import wire
+from lowtide.service.backends import BackendService
 
 router = APIRouter(tags=["health"])
 
@@ -22,7 +23,7 @@ async def health() -> JSON:
 
 @router.get(
     "/ready",
-    summary="Readiness: the database and the storage answer",
+    summary="Readiness: the database and the storage answer (backends are named, not required)",
     response_model=wire.Ready,
     response_description="The database and the storage answer.",
     responses={
@@ -40,5 +41,9 @@ async def ready(request: Request) -> JSON:
             checks[name] = "ok"
         except Exception as exc:  # any failure means "not ready", whatever its kind
             checks[name] = f"error: {type(exc).__name__}"
-    body = wire.ready_json(checks["database"], checks["storage"])
+    views = []
+    if checks["database"] == "ok":
+        service: BackendService = request.app.state.backends
+        views = await service.views()
+    body = wire.ready_json(checks["database"], checks["storage"], views)
     return JSON(body, status_code=200 if body["status"] == "ok" else 503)

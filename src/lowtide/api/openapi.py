@@ -131,6 +131,7 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
     ("post", "/batches/{batch_id}/cancel"): _Operation(
         "cancelBatch", errors=(401, 404, 409, 413, 429)
     ),
+    ("get", "/backends"): _Operation("listBackends", errors=(400, 401, 429)),
 }
 #: Unauthenticated operations, to their operation ids.
 PUBLIC = {("get", "/health"): "health", ("get", "/ready"): "ready"}

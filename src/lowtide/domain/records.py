@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowtide.domain import wire
+from lowtide.domain.backends import BackendView
 from lowtide.domain.status import Status
 
 JsonDict = dict[str, Any]
@@ -85,6 +86,9 @@ class BatchRecord:
     output_expires_after: int | None = None
     #: The status finalisation will end in (completed, expired or cancelled).
     end_status: Status | None = None
+    #: Not stored: the backend the batch waits for (every backend of its model is down), set
+    #: by the service from the engines' reports when it answers.
+    waiting_for: BackendView | None = None
 
     def to_api(self) -> JsonDict:
         return wire.batch_json(self)

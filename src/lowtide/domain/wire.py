@@ -36,6 +36,7 @@ from lowtide.domain.ids import ID_PATTERN
 from lowtide.domain.status import Status
 
 if TYPE_CHECKING:  # records render themselves through this module (``to_api``)
+    from lowtide.domain.backends import BackendView
     from lowtide.domain.records import BatchRecord, FileRecord
 
 JsonDict = dict[str, Any]
@@ -179,9 +180,18 @@ class Cost(BaseModel):
     currency: str
 
 
+class WaitingFor(BaseModel):
+    """The backend a batch is waiting for: every backend that serves its model is down (a
+    lowtide extension; null while the batch can run)."""
+
+    backend: str
+    error: str | None = Field(description="Why the backend does not answer.")
+    since: Timestamp = Field(description="When it stopped answering.")
+
+
 class Batch(BaseModel):
     """A batch object: every key of the OpenAI Batch model, always present (null when not set),
-    then the extensions `model`, `usage` and `cost`."""
+    then the extensions `model`, `usage`, `cost` and `waiting_for`."""
 
     id: ObjectId
     object: Literal["batch"]
@@ -206,6 +216,7 @@ class Batch(BaseModel):
     model: str | None
     usage: Usage
     cost: Cost
+    waiting_for: WaitingFor | None
 
 
 usage_json: Callable[[Any], JsonDict] = renderer(
@@ -219,6 +230,7 @@ _ERRORS = renderer(BatchErrors, data=attrgetter("errors"))
 _COST = renderer(
     Cost, amount=lambda b: b.pricing.cost(b.usage), currency=lambda b: b.pricing.currency
 )
+_WAITING = renderer(WaitingFor, backend=attrgetter("name"), since=lambda v: int(v.since or 0))
 
 batch_json: Callable[[BatchRecord], JsonDict] = renderer(
     Batch,
@@ -227,6 +239,7 @@ batch_json: Callable[[BatchRecord], JsonDict] = renderer(
     request_counts=renderer(RequestCounts),
     usage=lambda b: usage_json(b.usage),
     cost=_COST,
+    waiting_for=lambda b: _WAITING(b.waiting_for) if b.waiting_for is not None else None,
 )
 
 # --------------------------------------------------------------------------- lists
@@ -274,10 +287,40 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class BackendState(BaseModel):
+    name: str
+    state: Literal["up", "down", "unknown"] = Field(
+        description="`unknown` when no engine has reported on it lately (no worker runs)."
+    )
+
+
 class Ready(BaseModel):
+    """Ready when the database and the storage answer; backends that are down do not make the
+    API unready (it works without them), they are only named."""
+
     status: Literal["ok", "unavailable"]
     database: str = Field(description="`ok`, or `error: ` and the kind of failure.")
     storage: str = Field(description="`ok`, or `error: ` and the kind of failure.")
+    backends: list[BackendState]
+
+
+class Backend(BaseModel):
+    """A backend as the engines see it (a lowtide extension: ``GET /v1/backends``)."""
+
+    name: str
+    models: list[str]
+    state: Literal["up", "down", "unknown"]
+    since: Timestamp | None = Field(description="When it went into that state.")
+    error: str | None = Field(description="Why it is, or was last, down.")
+    concurrency_limit: Count = Field(
+        description="Requests the engines may have in flight to it now, fleet-wide."
+    )
+    in_flight: Count
+
+
+class BackendList(BaseModel):
+    object: Literal["list"]
+    data: list[Backend]
 
 
 _HEALTH = renderer(Health)
@@ -291,11 +334,24 @@ class _ReadySource(NamedTuple):
     status: str
     database: str
     storage: str
+    backends: list[JsonDict]
 
 
 _READY = renderer(Ready)
+_BACKEND_STATE = renderer(BackendState)
+_BACKEND = renderer(
+    Backend,
+    models=lambda v: list(v.models),
+    since=lambda v: None if v.since is None else int(v.since),
+    concurrency_limit=attrgetter("limit"),
+)
 
 
-def ready_json(database: str, storage: str) -> JsonDict:
+def ready_json(database: str, storage: str, backends: Sequence[BackendView]) -> JsonDict:
     ok = database == storage == "ok"
-    return _READY(_ReadySource("ok" if ok else "unavailable", database, storage))
+    states = [_BACKEND_STATE(view) for view in backends]
+    return _READY(_ReadySource("ok" if ok else "unavailable", database, storage, states))
+
+
+def backends_json(backends: Sequence[BackendView]) -> JsonDict:
+    return {"object": "list", "data": [_BACKEND(view) for view in backends]}

@@ -4,7 +4,8 @@
 - dispatch: claims requests and sends them to backends (``Dispatcher``);
 - commit: group-commits outcomes (``ResultSink``);
 - upkeep: heartbeats, expiry, lease reclaim, and finalisation of batches that are ready;
-- health: probes of the backends, at start-up and then periodically (``HealthMonitor``).
+- health: probes of the backends, at start-up and then periodically (``HealthMonitor``), and
+  what this engine sees of them, published for the API (``BackendReporter``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from lowtide.backends.shaping import Shaping
 from lowtide.backends.test_model import TEST_MODEL
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
@@ -30,6 +32,7 @@ from lowtide.engine.dispatcher import Dispatcher
 from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
 from lowtide.engine.health import HealthMonitor
+from lowtide.engine.reporting import BackendReporter
 from lowtide.engine.router import Router
 from lowtide.engine.sink import ResultSink
 from lowtide.engine.validating import validate_batch
@@ -75,6 +78,7 @@ class Engine:
             policy=policy,
             poll_interval=conf.poll_interval,
             outage_grace=conf.outage_grace,
+            shaping=Shaping(settings),
         )
         self.capacity = (
             None
@@ -98,6 +102,7 @@ class Engine:
             interval_down=conf.probe_interval_down,
             on_change=self.dispatcher.backend_changed,
         )
+        self.reporter = BackendReporter(store, router, self.owner, configured)
         self._validate_wake = asyncio.Event()
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -119,6 +124,7 @@ class Engine:
             self.capacity.start_empty()
             self._spawn("capacity", self.capacity.run)
         self._spawn("health", self._health_loop)
+        self._spawn("backend reports", self.reporter.run)
         self._spawn("dispatch", self.dispatcher.run)
         self._spawn("commit", self.sink.run)
         self._spawn("validation", self._validation_loop)
@@ -145,6 +151,7 @@ class Engine:
         """Stop claiming, let in-flight requests finish (bounded), commit, release leases."""
         self._stopping = True
         self.health.stop()
+        self.reporter.stop()
         self.dispatcher.stop()
         self._validate_wake.set()
         await self.dispatcher.drain(self.settings.engine.shutdown_grace)
@@ -157,6 +164,7 @@ class Engine:
         if self.capacity is not None:
             self.capacity.stop()
             await self.capacity.release_all()
+        await self.reporter.forget()
         released = await self.store.release_leases(self.owner)
         logger.info("engine stopped; %d requests released for the next run", released)
 

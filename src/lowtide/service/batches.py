@@ -18,6 +18,7 @@ from lowtide.domain.accounts import BATCH_KIND
 from lowtide.domain.records import BatchFilter, BatchRecord, JsonDict
 from lowtide.domain.status import TERMINAL, Status, parse_statuses
 from lowtide.domain.validation import ENDPOINTS, TEST_ENDPOINT
+from lowtide.service.backends import BackendService
 from lowtide.service.idempotency import Attempt, check_key
 from lowtide.settings import Settings
 from lowtide.store import Store
@@ -81,9 +82,17 @@ class _CreateParams:
 
 
 class BatchService:
-    def __init__(self, settings: Settings, store: Store, wake: Callable[[], None]) -> None:
-        """``wake`` tells the engine that a batch was created or cancelled."""
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        wake: Callable[[], None],
+        backends: BackendService | None = None,
+    ) -> None:
+        """``wake`` tells the engine that a batch was created or cancelled; ``backends`` says
+        which batches wait for a backend that is down."""
         self.settings, self.store, self.wake = settings, store, wake
+        self.backends = backends or BackendService(settings, store)
         self.retention_seconds = settings.retention.batch_days * 86400
 
     async def create(self, account: str, params: Any) -> BatchRecord:
@@ -162,6 +171,7 @@ class BatchService:
         )
         if batch is None or batch.created_at < time.time() - self.retention_seconds:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
+        await self.backends.mark_waiting([batch])
         return batch
 
     async def list(
@@ -174,6 +184,7 @@ class BatchService:
         found = await self.store.list_batches(
             account, flt, after=query.get("after"), limit=limit + 1
         )
+        await self.backends.mark_waiting(found[:limit])
         return found[:limit], len(found) > limit
 
     def _filter(self, query: Mapping[str, str]) -> BatchFilter:

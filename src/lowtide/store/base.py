@@ -4,7 +4,7 @@
 and ``lowtide.store.postgres``, chosen from the URL by ``open_store``); a caller that needs one
 use case only may name its part: ``FileStore``, ``BatchStore`` (the control plane),
 ``ValidationWork``, ``DispatchWork`` and ``FinalizationWork`` (the engine), ``AccountStore``
-(rate limits, API keys, idempotency keys) and ``RetentionStore``.
+(rate limits, API keys, idempotency keys), ``RetentionStore`` and ``BackendStatusStore``.
 
 Every method that commits a request's result is fenced by the lease epoch, so a worker whose
 lease was taken over can never overwrite the newer owner's result.
@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
+from lowtide.domain.backends import BackendReport
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -246,6 +247,20 @@ class RetentionStore(Protocol):
         batches. The batch rows stay, for usage records."""
 
 
+class BackendStatusStore(Protocol):
+    """What each engine sees of its backends, for the API of every process to show."""
+
+    async def report_backends(self, reports: Sequence[BackendReport], now: float) -> None:
+        """Record an engine's views (each replaces that engine's earlier view of the backend),
+        and forget views that nobody refreshed for ``STALE_AFTER`` seconds."""
+
+    async def forget_backends(self, owner: str, now: float) -> None:
+        """Forget an engine's views (it stops), and the stale ones of engines that died."""
+
+    async def backend_reports(self, now: float) -> list[BackendReport]:
+        """Every engine's views refreshed in the last ``STALE_AFTER`` seconds."""
+
+
 class Store(
     Lifecycle,
     FileStore,
@@ -255,6 +270,7 @@ class Store(
     FinalizationWork,
     AccountStore,
     RetentionStore,
+    BackendStatusStore,
     Protocol,
 ):
     """Everything the service and the engine keep: what both stores implement."""

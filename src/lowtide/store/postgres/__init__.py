@@ -18,12 +18,13 @@ The statements are in ``sql/postgres/queries.sql``; the schema is brought up to 
 
 from __future__ import annotations
 
+from lowtide.store.postgres.backends import BackendStatus
 from lowtide.store.postgres.control import ControlPlane
 from lowtide.store.postgres.db import load_asyncpg
 from lowtide.store.postgres.engine import EngineWork
 
 
-class PostgresStore(ControlPlane, EngineWork):
+class PostgresStore(ControlPlane, EngineWork, BackendStatus):
     """The ``Store`` on a PostgreSQL database, shared by a fleet."""
 
 

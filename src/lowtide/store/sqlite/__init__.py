@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+from lowtide.store.sqlite.backends import BackendStatus
 from lowtide.store.sqlite.control import ControlPlane
 from lowtide.store.sqlite.engine import EngineWork
 
 
-class SQLiteStore(ControlPlane, EngineWork):
+class SQLiteStore(ControlPlane, EngineWork, BackendStatus):
     """The ``Store`` on one SQLite file."""
 
 

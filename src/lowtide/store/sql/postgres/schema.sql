@@ -187,3 +187,17 @@ $$;
 CREATE TRIGGER batches_status_moves BEFORE UPDATE OF status ON batches
 FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION batches_status_move();
+
+-- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
+-- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
+CREATE TABLE backend_status (
+    backend            text NOT NULL,
+    owner              text NOT NULL,
+    up                 boolean NOT NULL,
+    since              double precision NOT NULL,  -- when it last went up or down (Unix seconds)
+    error              text,  -- why it went down (kept after it is back)
+    concurrency_limit  integer NOT NULL,  -- requests this engine may have in flight to it now
+    in_flight          integer NOT NULL,
+    updated_at         double precision NOT NULL,
+    PRIMARY KEY (backend, owner)
+);

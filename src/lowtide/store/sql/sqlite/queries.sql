@@ -400,3 +400,20 @@ DELETE FROM batch_moves
 
 -- name: add_batch_move
 INSERT INTO batch_moves (src, dst) VALUES (?1, ?2)
+
+-- name: report_backend
+-- An engine's view of one backend, replacing its previous one.
+INSERT INTO backend_status (backend, owner, up, since, error, concurrency_limit, in_flight,
+    updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+ON CONFLICT (backend, owner) DO UPDATE SET up = excluded.up, since = excluded.since,
+    error = excluded.error, concurrency_limit = excluded.concurrency_limit,
+    in_flight = excluded.in_flight, updated_at = excluded.updated_at
+
+-- name: forget_backends
+-- An engine's views (it stops), and views nobody refreshed since ?2 (their engine died).
+DELETE FROM backend_status WHERE owner = ?1 OR updated_at < ?2
+
+-- name: backend_statuses
+SELECT backend, owner, up, since, error, concurrency_limit, in_flight, updated_at
+FROM backend_status WHERE updated_at >= ?1 ORDER BY backend, owner

@@ -169,3 +169,17 @@ WHEN NEW.status IS NOT OLD.status AND NOT EXISTS (
 BEGIN
     SELECT RAISE(ABORT, 'batch status move not allowed (batch_moves)');
 END;
+
+-- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
+-- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
+CREATE TABLE backend_status (
+    backend            TEXT NOT NULL,
+    owner              TEXT NOT NULL,
+    up                 INTEGER NOT NULL,
+    since              REAL NOT NULL,  -- when it last went up or down (Unix seconds)
+    error              TEXT,  -- why it went down (kept after it is back)
+    concurrency_limit  INTEGER NOT NULL,  -- requests this engine may have in flight to it now
+    in_flight          INTEGER NOT NULL,
+    updated_at         REAL NOT NULL,
+    PRIMARY KEY (backend, owner)
+);
