@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from lowtide.backends.shaping import Shaping
 from lowtide.backends.test_model import TEST_MODEL
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
@@ -78,7 +77,6 @@ class Engine:
             policy=policy,
             poll_interval=conf.poll_interval,
             outage_grace=conf.outage_grace,
-            shaping=Shaping(settings),
         )
         self.capacity = (
             None
