@@ -85,6 +85,7 @@ def fault_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 FAULT_CASES = _fault_cases()
 
 
+@pytest.mark.xdist_group("bench-faults")  # one worker runs the script once for both tests
 @pytest.mark.parametrize("case", _fault_cases())
 def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, Any]) -> None:
     """Whatever the fault, each line ends once, billed once, and nothing is sent early."""
@@ -95,6 +96,7 @@ def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, 
     assert (r["early"], r["early_same_line"]) == (0, 0)
 
 
+@pytest.mark.xdist_group("bench-faults")
 @pytest.mark.parametrize("case", FAULT_CASES)
 def test_backend_fault_keeps_its_promise(case: str, fault_results: dict[str, Any]) -> None:
     """Retryable faults end in success, 4xx are sent once, exhausted lines carry a code."""
