@@ -11,9 +11,17 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from lowtide import errors
@@ -46,6 +54,64 @@ class ServerSettings(_Strict):
         return self.storage_url or f"file://{(self.data_dir / 'files').resolve()}"
 
 
+#: How a backend wants request bodies written (``lowtide.backends.dialects``).
+Dialect = Literal["openai", "vllm", "sglang", "dashscope", "ollama", "llamacpp"]
+
+#: Keys of ``defaults`` / ``overrides`` that the batch line itself decides.
+_LINE_ONLY = frozenset({"model", "stream"})
+#: The thinking switch has one spelling in the config; each dialect writes it its own way.
+_OTHER_SWITCHES = {
+    "think": "enable_thinking",
+    "chat_template_kwargs.enable_thinking": "enable_thinking",
+    "thinking_token_budget": "thinking_budget",
+}
+#: The output-token limit, whichever name the endpoint gives it; and the least value of each.
+_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_INT_KEYS = {**dict.fromkeys(_LIMITS, 1), "thinking_budget": 0}
+
+
+def _body_fields(value: dict[str, Any]) -> dict[str, Any]:
+    """Check a ``defaults`` / ``overrides`` table: JSON values, and the keys lowtide reads
+    itself with the types it needs."""
+    for key, item in value.items():
+        if key in _LINE_ONLY:
+            raise ValueError(f"{key!r} cannot be set here: the batch line decides it")
+        _json_only(key, item)
+    nested = value.get("chat_template_kwargs")
+    spelled = set(value) | (
+        {f"chat_template_kwargs.{k}" for k in nested} if isinstance(nested, dict) else set()
+    )
+    for other, name in _OTHER_SWITCHES.items():
+        if other in spelled:
+            raise ValueError(f"write {other!r} as {name!r}: each dialect spells it its own way")
+    limits = [k for k in _LIMITS if k in value]
+    if len(limits) > 1:
+        raise ValueError(f"{' and '.join(limits)} are one limit: give one of them")
+    for key, least in _INT_KEYS.items():
+        if key in value and (type(value[key]) is not int or value[key] < least):
+            raise ValueError(f"{key} must be a whole number of tokens, at least {least}")
+    if "enable_thinking" in value and not isinstance(value["enable_thinking"], bool):
+        raise ValueError("enable_thinking must be true or false")
+    if "reasoning_effort" in value and not isinstance(value["reasoning_effort"], str):
+        raise ValueError("reasoning_effort must be a string")
+    return value
+
+
+def _json_only(key: str, item: Any) -> None:
+    if isinstance(item, dict):
+        for inner, nested in item.items():
+            _json_only(f"{key}.{inner}", nested)
+    elif isinstance(item, list):
+        for nested in item:
+            _json_only(key, nested)
+    elif not isinstance(item, str | int | float | bool):
+        raise ValueError(f"{key}: a request body holds JSON values, not {type(item).__name__}")
+
+
+#: Request body fields, as in a batch line's ``body`` (checked by ``_body_fields``).
+BodyFields = Annotated[dict[str, Any], AfterValidator(_body_fields)]
+
+
 class ApiKeySettings(_Strict):
     key: str = Field(min_length=8)
     account: str = Field(default="default", min_length=1, max_length=64)
@@ -65,6 +131,11 @@ class BackendSettings(_Strict):
     max_concurrency: int = Field(default=16, ge=1, le=10_000)
     #: Seconds to wait for one answer before the attempt counts as a timeout.
     timeout: float = Field(default=600.0, gt=0)
+    #: How request bodies are translated for this server (docs/backends.md).
+    dialect: Dialect = "openai"
+    #: Body fields set when a line lacks them, and fields always set (``max_tokens``: a cap).
+    defaults: BodyFields = Field(default_factory=dict)
+    overrides: BodyFields = Field(default_factory=dict)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_env:
@@ -78,6 +149,18 @@ class ModelSettings(_Strict):
     #: Real-time price per 1M output tokens (reasoning tokens too).
     output_price: float = Field(default=0.0, ge=0)
     currency: str = "USD"
+    #: What a chat line without a thinking switch does: ``on``, ``off``, or ``backend`` (the
+    #: backend's own default).
+    thinking: Literal["on", "off", "backend"] = "backend"
+    #: Body fields set when a line lacks them, and fields always set (``max_tokens``: a cap).
+    defaults: BodyFields = Field(default_factory=dict)
+    overrides: BodyFields = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _thinking_said_once(self) -> ModelSettings:
+        if self.thinking != "backend" and "enable_thinking" in self.defaults:
+            raise ValueError("set thinking or defaults.enable_thinking, not both")
+        return self
 
 
 class BillingSettings(_Strict):
@@ -107,6 +190,8 @@ class EngineSettings(_Strict):
     probe_interval: float = Field(default=10.0, gt=0)
     #: ... and of one that is down: how soon a backend that is back is used again.
     probe_interval_down: float = Field(default=1.0, gt=0)
+    #: Record in each result line the request body as it was sent (``sent_body``).
+    record_sent_body: bool = False
 
 
 class LimitSettings(_Strict):

@@ -44,6 +44,7 @@ def outcome_line(o: Outcome) -> bytes | None:
         body=o.body,
         error_code=o.error_code,
         error_message=o.error_message,
+        sent_body=o.sent_body,
     )
 
 
@@ -58,10 +59,13 @@ def answered_line(
     body: bytes | None,
     error_code: str | None,
     error_message: str | None,
+    sent_body: bytes | None = None,
 ) -> bytes:
     """The line of a request that reached a final outcome: an output-file line when it
     ``succeeded``, an error-file line otherwise. ``body`` is the backend's answer as compact
-    JSON (or None when it was not JSON)."""
+    JSON (or None when it was not JSON); ``sent_body``, the request body as sent, is added
+    as the key ``sent_body`` after the others when given (an extension: readers that do not
+    know it see the usual line)."""
     response = None
     if status_code is not None:
         response = {
@@ -72,7 +76,7 @@ def answered_line(
     error = None
     if not succeeded:
         error = {"code": error_code or f"http_{status_code}", "message": error_message}
-    return _dump(batch_id, line, custom_id, response, error)
+    return _dump(batch_id, line, custom_id, response, error, sent_body)
 
 
 def unrun_line(batch_id: str, line: int, custom_id: str, unrun: tuple[str, str] | None) -> bytes:
@@ -88,11 +92,14 @@ def _dump(
     custom_id: str,
     response: dict[str, Any] | None,
     error: dict[str, str | None] | None,
+    sent_body: bytes | None = None,
 ) -> bytes:
-    record = {
+    record: dict[str, Any] = {
         "id": line_id(batch_id, line),
         "custom_id": custom_id,
         "response": response,
         "error": error,
     }
+    if sent_body is not None:
+        record["sent_body"] = orjson.Fragment(sent_body)
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)

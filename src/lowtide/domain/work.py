@@ -61,6 +61,8 @@ class Outcome:
     reasoning_tokens: int = 0
     not_before: float = 0.0
     attempts: int = 0
+    #: The request body as sent, when ``engine.record_sent_body`` asks for it in the line.
+    sent_body: bytes | None = None
     #: Rendered into the result line when the outcome is recorded (``lines.outcome_line``).
     custom_id: str = field(kw_only=True)
 

@@ -29,6 +29,7 @@ import orjson
 
 from lowtide import errors, metrics
 from lowtide.backends.base import Unreachable
+from lowtide.backends.shaping import Plan, Shaping
 from lowtide.blobs import BlobStore
 from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, ActiveBatch, Claim, Outcome
 from lowtide.engine import outcomes
@@ -57,12 +58,15 @@ class Dispatcher:
         poll_interval: float,
         outage_grace: float = 120.0,
         on_outcome: Callable[[ActiveBatch, Outcome], None] | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.store, self.blobs, self.router, self.sink = store, blobs, router, sink
         self.owner, self.lease, self.policy = owner, lease, policy
         self.poll_interval = poll_interval
         self.outage_grace = outage_grace
         self.on_outcome = on_outcome
+        #: What each backend's bodies need: defaults, overrides, its dialect.
+        self.shaping = shaping or Shaping()
         self.tasks: set[asyncio.Task[None]] = set()
         self._meters: dict[tuple[str, str], Meters] = {}
         self._wake = asyncio.Event()
@@ -233,7 +237,8 @@ class Dispatcher:
             logger.error("cannot read request %s:%d: %s", batch.id, claim.line, exc)
             message = "The request could not be read from the input file."
             return outcomes.from_unreadable_input(claim, message, self.policy)
-        body = _request_body(raw, slot.backend.model_name(batch.model))
+        plan = self.shaping.plan(slot.backend, batch.model, batch.endpoint)
+        body = _request_body(raw, plan)
         if slot.capacity() == 0:
             # Our share of a fleet-wide ceiling ran out while the line was read (this worker
             # stalled): another worker may hold the slot now, so do not send.
@@ -243,7 +248,7 @@ class Dispatcher:
         try:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
         except Unreachable as exc:
-            return self._unreachable(slot, claim, exc, started)
+            return plan.recorded(self._unreachable(slot, claim, exc, started), body)
         if slot.health.answered():
             self._slot_freed.set()  # it was down: every slot is free again, not just this one
         meters.latency.observe(time.monotonic() - started)
@@ -251,7 +256,7 @@ class Dispatcher:
             meters.rate_limited.inc()
         if reply.retry_after is not None and reply.status in (429, 503):
             self._pause(slot, reply.retry_after, reply.status)
-        return outcomes.from_reply(claim, reply, self.policy)
+        return plan.recorded(outcomes.from_reply(claim, reply, self.policy, plan.final), body)
 
     def _unreachable(self, slot: Slot, claim: Claim, exc: Unreachable, sent_at: float) -> Outcome:
         """No answer. A few in a row and the backend is down, not the line (engine/health.py):
@@ -346,11 +351,12 @@ def _give_back_claim(claim: Claim, wait: float) -> Outcome:
     )
 
 
-def _request_body(raw: bytes, model: str) -> bytes:
+def _request_body(raw: bytes, plan: Plan) -> bytes:
     line = orjson.loads(raw)
     body = line["body"]
-    if body.get("model") != model:
-        body["model"] = model  # the backend may know the model by another name
+    if body.get("model") != plan.model:
+        body["model"] = plan.model  # the backend may know the model by another name
+    plan.shape(body)  # defaults, overrides, the backend's dialect (backends/shaping.py)
     return orjson.dumps(body)
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from lowtide.backends.shaping import Shaping
 from lowtide.backends.test_model import TEST_MODEL
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
@@ -77,6 +78,7 @@ class Engine:
             policy=policy,
             poll_interval=conf.poll_interval,
             outage_grace=conf.outage_grace,
+            shaping=Shaping(settings),
         )
         self.capacity = (
             None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,15 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempts - 1)))
 
 
-def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
+def from_reply(
+    claim: Claim,
+    reply: Reply,
+    policy: RetryPolicy,
+    final: Callable[[int, Any], bool] | None = None,
+) -> Outcome:
+    """``final(status, parsed body)``: the backend's dialect knows this error answer is the
+    request's own fault although its status says otherwise (llama.cpp answers some invalid
+    bodies with 500): it fails at once, with the backend's status and body, as a 4xx would."""
     attempts = claim.attempts + 1
     parsed = _parse(reply.body)
     if 200 <= reply.status < 300:
@@ -46,7 +55,11 @@ def from_reply(claim: Claim, reply: Reply, policy: RetryPolicy) -> Outcome:
         # line did nothing wrong, so the wait costs it no attempt. A backend that never lets
         # go is bounded by the batch's completion window: its lines then end as expired.
         return _retry(claim, claim.attempts, reply.retry_after, reply.status)
-    if _retryable(reply.status) and attempts < policy.max_attempts:
+    if (
+        _retryable(reply.status)
+        and attempts < policy.max_attempts
+        and (final is None or not final(reply.status, parsed))
+    ):
         wait = max(policy.delay(attempts), reply.retry_after or 0.0)
         return _retry(claim, attempts, wait, reply.status)
     return _http_failure(claim, attempts, reply, parsed)
