@@ -51,7 +51,13 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
         server.stop()
 
 
-def config_toml(llama: LlamaServer, *, max_attempts: int = 3, max_concurrency: int = 4) -> str:
+def config_toml(
+    llama: LlamaServer,
+    *,
+    max_attempts: int = 3,
+    max_concurrency: int = 4,
+    record_sent_body: bool = False,
+) -> str:
     return f"""
 [[api_keys]]
 key = "{KEY}"
@@ -61,6 +67,7 @@ account = "real"
 name = "llama"
 base_url = "{llama.base_url}"
 api_key = "{BACKEND_KEY}"
+dialect = "llamacpp"
 models = ["{MODEL}"]
 model_aliases = {{ "{MODEL}" = "{ALIAS}" }}
 max_concurrency = {max_concurrency}
@@ -78,6 +85,7 @@ batch_discount = 0.5
 max_attempts = {max_attempts}
 retry_base_delay = 0.05
 retry_max_delay = 0.2
+record_sent_body = {str(record_sent_body).lower()}
 """
 
 

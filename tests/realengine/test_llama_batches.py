@@ -25,7 +25,7 @@ def test_a_batch_of_varied_lines(make_lowtide: LowtideFactory, llama: LlamaServe
     outputs, errors = read_results(c, batch)
     assert_each_once(lines, outputs, errors)
 
-    totals = check_against_llama(llama, lines, outputs, errors, max_attempts=3)
+    totals = check_against_llama(llama, lines, outputs, errors)
     # Every line far over the context is a 400, and besides them only lines near its end.
     overflowing = {line["custom_id"] for line in lines if line["custom_id"].startswith(OVERFLOW)}
     failed = {e["custom_id"] for e in errors}
@@ -65,7 +65,7 @@ def test_cancel_mid_run(make_lowtide: LowtideFactory, llama: LlamaServer) -> Non
     assert 5 <= len(outputs) < len(lines)
     cancelled = [e for e in errors if e["error"]["code"] == "batch_cancelled"]
     assert cancelled and all(e["response"] is None for e in cancelled)
-    totals = check_against_llama(llama, lines, outputs, errors, max_attempts=3)
+    totals = check_against_llama(llama, lines, outputs, errors)
     usage = batch.usage
     assert (usage.input_tokens, usage.output_tokens) == (totals.input_tokens, totals.output_tokens)
     counts = batch.request_counts
@@ -79,10 +79,13 @@ INVALID = {
     "role": {"messages": [{"role": "bogus", "content": "hello"}]},
     "response-format": {"response_format": {"type": "json_schema"}},
     "logit-bias": {"logit_bias": {"hello": 1}},
+    "max-tokens": {"max_tokens": "abc"},
+    "stop": {"stop": 5},
+    "seed": {"seed": "x"},
 }
 
 
-def test_llama_500s_are_retried_then_fail_saying_so(
+def test_llama_500s_for_invalid_bodies_fail_at_once_saying_so(
     make_lowtide: LowtideFactory, llama: LlamaServer
 ) -> None:
     server = make_lowtide(max_attempts=3)
@@ -107,15 +110,16 @@ def test_llama_500s_are_retried_then_fail_saying_so(
     outputs, errors = read_results(c, batch)
     assert_each_once(lines, outputs, errors)
     assert {e["custom_id"] for e in errors} == {line["custom_id"] for line in bad}
-    # Same status, body and message as a direct call, the message saying "(after 3 attempts)".
-    check_against_llama(llama, lines, outputs, errors, max_attempts=3)
+    # Same status (500), body and message as a direct call: the error line keeps them.
+    check_against_llama(llama, lines, outputs, errors)
+    assert all(e["response"]["status_code"] == 500 for e in errors)
     assert all(e["error"]["code"] == "internal_server_error" for e in errors)
 
-    # Each invalid line was sent 3 times: 2 retries of a 5xx, then a failure of a 5xx.
+    # The llamacpp dialect knows these 500s are the request's fault: each invalid line was
+    # sent once and failed, as a 400 would, instead of spending its 3 attempts.
     labels = {"backend": "llama", "model": MODEL}
     retried, failed = "lowtide_requests_retried_total", "lowtide_requests_failed_total"
-    assert metric(server, retried, **labels, status_class="5xx") == 2 * len(bad)
-    assert metric(server, retried, **labels, status_class="none") == 0
+    assert metric(server, retried, **labels) == 0
     assert metric(server, failed, **labels, status_class="5xx") == len(bad)
     dispatched = metric(server, "lowtide_requests_dispatched_total", **labels)
-    assert dispatched == len(good) + 3 * len(bad)
+    assert dispatched == len(good) + len(bad)

@@ -9,7 +9,8 @@ hang, garbage bodies, a backend that is down for a while, and per-line faults ai
 strings in the content (``FAIL400``, ``FAIL500ONCE``, ``SLOW``, ...).
 
 Control routes (never faulted, never counted): ``GET /_fake/stats[?per_key=1]``,
-``GET|POST /_fake/config`` (a JSON object of config fields to change), ``POST /_fake/reset``.
+``GET|POST /_fake/config`` (a JSON object of config fields to change), ``POST /_fake/reset``,
+``GET /_fake/bodies`` (the last ``record_bodies`` request bodies it read, oldest first).
 
 In-process::
 

@@ -26,6 +26,9 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
+    #: The chat message field that carries a reasoning text ("": none), as vLLM, SGLang and
+    #: DashScope (``reasoning_content``) or Ollama (``reasoning``) send it.
+    reasoning_field: str = ""
 
 
 def hex_id() -> str:
@@ -54,6 +57,8 @@ def chat_body(body: dict[str, Any], a: Answer) -> dict[str, Any]:
         "refusal": None,
         "annotations": [],
     }
+    if a.reasoning_field and a.reasoning_tokens:
+        message[a.reasoning_field] = "thinking: " + a.text
     return {
         "id": "chatcmpl-" + hex_id(),
         "object": "chat.completion",

@@ -58,6 +58,10 @@ class UpstreamConfig:
     drop_contains: str = _opt("DROPCONN", "content marker whose connections are dropped")
     completion_tokens: int = _opt(16, "completion tokens per answer, capped by max_tokens")
     reasoning_tokens: int = _opt(0, "reasoning tokens reported (part of completion_tokens)")
+    reasoning_field: str = _opt(
+        "", "chat message field (reasoning_content, reasoning) holding the reasoning text"
+    )
+    record_bodies: int = _opt(0, "keep the last N request bodies for GET /_fake/bodies")
     models: tuple[str, ...] = _opt_list(lambda: ("fake-model",), "models listed by /v1/models")
     reject_unknown_models: bool = _opt(False, "answer 404 model_not_found for unlisted models")
     api_key: str | None = _opt(None, "if set, require 'Authorization: Bearer <api_key>'")
@@ -103,6 +107,8 @@ class UpstreamConfig:
             raise ValueError(f"down_mode must be one of {DOWN_MODES}")
         if self.completion_tokens < 0 or self.reasoning_tokens < 0:
             raise ValueError("token counts must not be negative")
+        if self.record_bodies < 0:
+            raise ValueError("record_bodies must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped (lists, not tuples), so in-process stats equal the HTTP ones."""

@@ -96,4 +96,5 @@ def answer(route: Route, body: dict[str, Any], key: str, cfg: UpstreamConfig) ->
         prompt_tokens=max(1, route.chars(body) // 4),
         completion_tokens=completion,
         reasoning_tokens=min(cfg.reasoning_tokens, completion),
+        reasoning_field=cfg.reasoning_field,
     )

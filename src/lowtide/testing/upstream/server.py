@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -56,6 +57,8 @@ class FakeUpstream:
         self._stats = Stats()
         self._failed_once: set[str] = set()
         self._pauses = Pauses()
+        #: The last ``record_bodies`` request bodies, oldest first (GET /_fake/bodies).
+        self._bodies: deque[dict[str, Any]] = deque(maxlen=0)
         self._started = time.monotonic()
         self._runner: web.ServerRunner | None = None
         self._server: web.Server | None = None
@@ -174,6 +177,8 @@ class FakeUpstream:
         self._config = config
         self._dice.configure(config, reseed="seed" in changed)
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
+        if self._bodies.maxlen != config.record_bodies:
+            self._bodies = deque(self._bodies, maxlen=config.record_bodies)
 
     def reset(self) -> None:
         """Zero the stats and forget fail-once lines and announced pauses (not the config)."""
@@ -181,6 +186,7 @@ class FakeUpstream:
         self._stats = Stats(in_flight=in_flight, max_concurrency_seen=in_flight)
         self._failed_once.clear()
         self._pauses.clear()
+        self._bodies.clear()
         self._dice.configure(self._config, reseed=True)
 
     def stats(self, *, per_key: bool = False) -> dict[str, Any]:
@@ -199,6 +205,10 @@ class FakeUpstream:
         if per_key:
             out["per_key"] = dict(self._stats.per_key)
         return out
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """The last ``record_bodies`` request bodies received, oldest first (as parsed)."""
+        return list(self._bodies)
 
     def count_for(self, key: str) -> int:
         """How many requests carried this custom key (last user message / embedding input)."""
@@ -276,6 +286,8 @@ class FakeUpstream:
             self._stats.bad_requests += 1
             return problem
         assert isinstance(body, dict)
+        if cfg.record_bodies:
+            self._bodies.append(body)
         return body
 
     def _rate_limited(self, key: str, now: float, cfg: UpstreamConfig) -> web.Response:
@@ -325,6 +337,8 @@ class FakeUpstream:
         if route == ("GET", "/_fake/stats"):
             per_key = request.query.get("per_key", "") in ("1", "true", "yes")
             return replies.control_json(200, self.stats(per_key=per_key))
+        if route == ("GET", "/_fake/bodies"):
+            return replies.control_json(200, {"bodies": self.bodies()})
         if route == ("GET", "/_fake/config"):
             return replies.control_json(200, {"config": self._config.to_dict()})
         if route == ("POST", "/_fake/config"):
