@@ -3,6 +3,7 @@ the endpoint comes from the file, and a failed batch says why it has no result f
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 
 from lowtide.testing.harness import Lowtide
-from tests.acceptance.conftest import ALICE, chat_line, client, jsonl, submit, wait_for
 from tests.browser.conftest import Ui
+from tests.support.batches import ALICE, chat_line, config_toml, jsonl
+from tests.support.served import client, submit, wait_for
 
 
 def expect() -> Any:
@@ -60,3 +62,30 @@ def test_a_failed_batch_says_why_it_has_no_result_files(ui: Ui) -> None:
     why = ui.page.get_by_text("the input file failed validation, so no line ran")
     expect()(why).to_be_visible()
     assert ui.page.get_by_text("Result files appear here when the batch ends.").count() == 0
+
+
+def test_a_batch_waiting_for_a_backend_says_for_which_and_why(browser: Any, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a backend address where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server = Lowtide(tmp_path, config_toml(_At(closed)))
+    server.start()
+    context = browser.new_context()
+    try:
+        c = client(server, ALICE)
+        batch = wait_for(c, submit(c, [chat_line("w", "hi")]).id, {"in_progress"})
+        page = context.new_page()
+        page.goto(f"{server.url}/ui/")
+        page.get_by_label("API key").fill(ALICE)
+        page.get_by_role("button", name="Sign in").click()
+        page.goto(f"{server.url}/ui/#/batches/{batch.id}")
+        expect()(page.get_by_text("waiting for backend fake: ").first).to_be_visible()
+        expect()(page.get_by_text("Cannot connect to host").first).to_be_visible()
+    finally:
+        context.close()
+        server.stop()
+
+
+class _At:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import click
 
+from lowtide.cli.client_backends import describe, list_backends, waiting_note
 from lowtide.cli.client_common import (
     download_file,
     json_option,
@@ -62,8 +63,8 @@ _POLL = click.option(
 def _counts(batch: Batch) -> Counts:
     rc = batch.request_counts
     if rc is None:
-        return Counts(batch.status)
-    return Counts(batch.status, rc.completed, rc.failed, rc.total)
+        return Counts(batch.status, note=waiting_note(batch))
+    return Counts(batch.status, rc.completed, rc.failed, rc.total, note=waiting_note(batch))
 
 
 def _name(batch: Batch) -> str:
@@ -303,14 +304,26 @@ def get_command(client: openai.OpenAI, batch_id: str, as_json: bool) -> None:
         return
     for key, value in _batch_fields(batch):
         click.echo(f"{key + ':':<16}{value}")
+    for backend in _serving(client, batch):
+        click.echo(f"{'backend:':<16}{describe(backend)}")
     for error in (batch.errors.data or []) if batch.errors else []:
         click.echo(f"{'error:':<16}line {error.line or '-'}: {error.code}: {error.message}")
+
+
+def _serving(client: openai.OpenAI, batch: Batch) -> list[dict[str, Any]]:
+    """The backends that serve the batch's model, where the server says (a lowtide)."""
+    model = getattr(batch, "model", None)
+    if not model or batch.status in TERMINAL:
+        return []
+    return [b for b in list_backends(client) or [] if model in (b.get("models") or [])]
 
 
 def _batch_fields(batch: Batch) -> Iterator[tuple[str, str]]:
     counts = _counts(batch)
     yield "id", batch.id
     yield "status", batch.status
+    if counts.note:
+        yield "waiting", counts.note.removeprefix("waiting for ")
     yield "name", _name(batch)
     yield "endpoint", batch.endpoint
     yield "model", str(getattr(batch, "model", None) or "")

@@ -13,7 +13,7 @@ import click
 from lowtide import __version__, errors
 from lowtide.cli import EXIT_INTERRUPTED
 from lowtide.cli.backup import backup_command
-from lowtide.cli.client import batch_group, files_group
+from lowtide.cli.client import backends_command, batch_group, files_group
 from lowtide.cli.convert import convert_group
 from lowtide.cli.db import db_group
 from lowtide.cli.keys import keys_group
@@ -132,6 +132,7 @@ cli.add_command(convert_group, name="convert")
 cli.add_command(db_group, name="db")
 cli.add_command(batch_group, name="batch")
 cli.add_command(files_group, name="files")
+cli.add_command(backends_command, name="backends")
 cli.add_command(run_command, name="run")
 cli.add_command(worker)
 cli.add_command(keys_group, name="keys")

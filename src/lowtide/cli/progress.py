@@ -64,6 +64,8 @@ class Counts:
     completed: int = 0
     failed: int = 0
     total: int = 0
+    #: What holds the batch up, when something does ("waiting for backend X: ...").
+    note: str | None = None
 
     @property
     def done(self) -> int:
@@ -183,9 +185,10 @@ class BatchProgress:
     def update(self, counts: Counts) -> None:
         self.meter.add(counts.done)
         if self._progress is not None and self._task is not None:
+            note = f" [yellow]{escape(counts.note)}[/]" if counts.note else ""
             self._progress.update(
                 self._task,
-                description=f"{escape(self.label)} [bold]{counts.status}[/]",
+                description=f"{escape(self.label)} [bold]{counts.status}[/]{note}",
                 total=counts.total or None,
                 completed=counts.done,
                 counts=_counts_text(counts),
@@ -211,7 +214,8 @@ class BatchProgress:
         if counts.status in TERMINAL:
             return text
         rate = self.meter.rate()
-        return f"{text}, {_format_rate(rate)}, ETA {format_eta(_eta(counts, rate))}"
+        text = f"{text}, {_format_rate(rate)}, ETA {format_eta(_eta(counts, rate))}"
+        return f"{text}; {counts.note}" if counts.note else text
 
 
 # --------------------------------------------------------------------------- result files

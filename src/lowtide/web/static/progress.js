@@ -2,7 +2,7 @@
 // polls (the API reports counts, not speed).
 
 import { h } from "./dom.js";
-import { fmtDuration, fmtInt, fmtRate } from "./format.js";
+import { fmtDuration, fmtInt, fmtRate, fmtTime } from "./format.js";
 
 const WINDOW_SECONDS = 30; // the rate is taken over about the last half minute
 const samples = new Map(); // batch id -> [{t, done}], shared by every view
@@ -39,9 +39,19 @@ export function speed(batch) {
   return { rate, eta: rate > 0 ? left / rate : null };
 }
 
-/** "12 req/s · 3 min 20 s left", "measuring…", or "" when the batch is not running. */
+/** "waiting for backend gpu-1: <cause>, since <time>" while every backend of the batch's model
+ * is down (the server's waiting_for), else null. */
+export function waitingText(batch) {
+  const w = batch.waiting_for;
+  return w ? `waiting for backend ${w.backend}: ${w.error || "no answer"}, since ${fmtTime(w.since)}` : null;
+}
+
+/** "12 req/s · 3 min 20 s left", "measuring…", what the batch waits for, or "" when the batch
+ * is not running. */
 export function speedText(batch) {
   if (batch.status !== "in_progress") return "";
+  const waiting = waitingText(batch);
+  if (waiting) return waiting;
   const s = speed(batch);
   if (!s) return "measuring…";
   if (s.rate <= 0) return "stalled";
