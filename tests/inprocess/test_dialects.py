@@ -11,6 +11,9 @@ temperature and a ``max_tokens`` cap of 8:
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -188,3 +191,42 @@ async def test_the_fake_serves_the_bodies_it_read(recording: FakeUpstream) -> No
         assert (await http.get("/_fake/bodies")).json() == {"bodies": [sent]}
         await http.post("/_fake/reset")
         assert (await http.get("/_fake/bodies")).json() == {"bodies": []}
+
+
+# --- the recipes of docs/backends.md --------------------------------------------------------
+
+DOC = Path(__file__).parents[2] / "docs" / "backends.md"
+#: How each dialect says "thinking off", and the name it gives the output-token limit.
+OFF_AND_LIMIT: dict[str, tuple[dict[str, Any], str]] = {
+    "openai": ({"reasoning_effort": "none"}, "max_completion_tokens"),
+    "vllm": (OFF, "max_tokens"),
+    "sglang": (OFF, "max_tokens"),
+    "dashscope": ({"enable_thinking": False}, "max_tokens"),
+    "ollama": ({"reasoning_effort": "none"}, "max_tokens"),
+    "llamacpp": (OFF, "max_tokens"),
+}
+
+
+def recipes() -> list[str]:
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    return [block for block in blocks if "[[backends]]" in block]
+
+
+@pytest.mark.parametrize("recipe", recipes(), ids=lambda r: r.split('name = "')[1].split('"')[0])
+async def test_each_recipe_sends_a_model_studio_line_its_way(
+    lowtide_app: AppFactory, recording: FakeUpstream, recipe: str
+) -> None:
+    block = re.sub(r'base_url = "[^"]*"', f'base_url = "{recording.base_url}"', recipe)
+    raw = tomllib.loads(block)
+    (backend,) = raw["backends"]
+    model = backend["models"][0]
+    keys = f'[[api_keys]]\nkey = "{ALICE}"\naccount = "alice"\n'
+    toml = f"{keys}\n{block}\n[engine]\npoll_interval = 0.05\n"
+    c = (await lowtide_app(toml=toml)).client()
+    ds_line = chat_line("q", "say q", model=model, enable_thinking=False, max_tokens=5)
+    batch = await wait_for(c, (await submit(c, [ds_line])).id)
+    assert batch.request_counts.completed == 1, batch
+    (received,) = recording.bodies()
+    off, limit = OFF_AND_LIMIT[backend["dialect"]]
+    alias = backend.get("model_aliases", {}).get(model, model)
+    assert received == {"model": alias, "messages": ds_line["body"]["messages"], **off, limit: 5}

@@ -7,6 +7,9 @@ docs/backends.md, one by one.
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -485,3 +488,24 @@ def test_reasoning_tokens_are_counted_from_the_usage_details() -> None:
     outcome = outcomes.from_reply(claim(), Reply(200, orjson.dumps(body)), outcomes.RetryPolicy())
     assert (outcome.kind, outcome.output_tokens, outcome.reasoning_tokens) == (SUCCEEDED, 40, 30)
     assert orjson.loads(outcome.body or b"") == body  # reasoning_content kept as it came
+
+
+# --- docs/backends.md ------------------------------------------------------------------------
+
+DOC = Path(__file__).parents[2] / "docs" / "backends.md"
+
+
+def test_every_toml_block_of_the_backends_page_is_a_valid_config() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    dialects = set()
+    for block in blocks:
+        settings = Settings.model_validate(tomllib.loads(block))
+        for b in settings.backends:
+            assert "dialect" in b.model_fields_set, f"recipe {b.name} names no dialect"
+            dialects.add(b.dialect)
+    assert dialects == set(DIALECTS), "a recipe per dialect"
+
+
+def test_the_dialect_table_has_a_row_per_dialect() -> None:
+    rows = re.findall(r"^\| `([a-z]+)` \| ", DOC.read_text(), flags=re.M)
+    assert rows == list(DIALECTS)
