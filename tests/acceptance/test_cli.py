@@ -318,6 +318,22 @@ def test_a_backend_that_cannot_be_reached_is_shown_by_the_commands(tmp_path: Pat
         server.stop()
 
 
+def test_a_refused_batch_leaves_no_file_behind(env: dict[str, str], tmp_path: Path) -> None:
+    def file_ids() -> set[str]:
+        listed = lowtide("files", "list", "--json", env=env, cwd=tmp_path)
+        return {f["id"] for f in json.loads(listed.stdout)}
+
+    write_lines(tmp_path / "in.jsonl", [chat_line("r-1", "refused")])
+    before = file_ids()
+    short = lowtide("batch", "submit", "in.jsonl", "--window", "2h", env=env, cwd=tmp_path)
+    assert short.returncode == 2, short.stderr  # refused before anything was uploaded
+    assert "--window" in short.stderr and "completion_window" in short.stderr
+    bad = lowtide("batch", "submit", "in.jsonl", "--endpoint", "/v1/nope", env=env, cwd=tmp_path)
+    assert bad.returncode == 1 and "400: Invalid value: '/v1/nope'" in bad.stderr
+    assert "its uploaded file file-batch-" in bad.stderr and "was deleted" in bad.stderr
+    assert file_ids() == before
+
+
 def test_files_commands(env: dict[str, str], tmp_path: Path) -> None:
     path = write_lines(tmp_path / "up.jsonl", [chat_line("f-1", "file")])
     uploaded = lowtide("files", "upload", path, "--json", env=env, cwd=tmp_path)

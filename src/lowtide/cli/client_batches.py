@@ -84,6 +84,28 @@ def endpoint_of(path: Path) -> str:
     return DEFAULT_ENDPOINT
 
 
+def _check_window(window: str) -> None:
+    """The window as lowtide and Model Studio accept it (24h to 336h, 1d to 14d); OpenAI's
+    only window, 24h, is one of them."""
+    from lowtide import errors
+    from lowtide.service.batches import parse_completion_window
+
+    try:
+        parse_completion_window(window)
+    except errors.LowtideError as exc:
+        raise click.BadParameter(exc.message, param_hint="--window") from exc
+
+
+def _forget_upload(client: openai.OpenAI, file_id: str) -> None:
+    """The batch was refused: delete its input file rather than leave it in the account."""
+    try:
+        client.files.delete(file_id)
+    except Exception:  # the create's error is the one to report
+        note(f"could not delete the uploaded file {file_id}; delete it with lowtide files delete")
+    else:
+        note(f"the batch was refused; its uploaded file {file_id} was deleted")
+
+
 def _wait(client: openai.OpenAI, batch_id: str, poll_interval: float) -> Batch:
     batch = client.batches.retrieve(batch_id)  # a wrong URL, key or id fails here, at once
     with BatchProgress(batch_id) as progress:
@@ -214,15 +236,20 @@ def submit_command(
       lowtide batch submit batch.jsonl --name nightly
       lowtide batch submit batch.jsonl --wait -o output.jsonl --errors errors.jsonl
     """
+    _check_window(window)  # before the upload: a refused batch would leave its file behind
     with file.open("rb") as handle:
         uploaded = client.files.create(file=(file.name, handle), purpose="batch")
     metadata = {k: v for k, v in (("ds_name", name), ("ds_description", description)) if v}
-    batch = client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint=cast(Any, endpoint or endpoint_of(file)),
-        completion_window=cast(Any, window),
-        metadata=metadata or None,
-    )
+    try:
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=cast(Any, endpoint or endpoint_of(file)),
+            completion_window=cast(Any, window),
+            metadata=metadata or None,
+        )
+    except Exception:
+        _forget_upload(client, uploaded.id)
+        raise
     if as_json and not wait:
         print_json(batch.to_dict(mode="json"))
     elif not as_json:

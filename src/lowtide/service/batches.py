@@ -236,7 +236,7 @@ def _parse_create(params: Any) -> _CreateParams:
     if not isinstance(params, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.")
     endpoint = _endpoint(params.get("endpoint"))
-    window, seconds = _completion_window(params.get("completion_window"))
+    window, seconds = parse_completion_window(params.get("completion_window"))
     return _CreateParams(
         endpoint=endpoint,
         completion_window=window,
@@ -277,7 +277,8 @@ def _endpoint(value: Any) -> str:
     return str(value)
 
 
-def _completion_window(value: Any) -> tuple[str, int]:
+def parse_completion_window(value: Any) -> tuple[str, int]:
+    """``(window, seconds)``; ``InvalidValue`` naming ``completion_window`` otherwise."""
     message = (
         f"Invalid value for 'completion_window': {value!r}. It must be a whole number "
         "of hours or days from 24h (1d) to 336h (14d), such as '24h' or '7d'."
