@@ -2,7 +2,8 @@
 #   make serve   install lowtide in .venv and run the server (SQLite + ./lowtide-data)
 #   make test    install the test tools and run lint, types, layer checks and the test suite
 
-PYTHON ?= python3
+# The newest CPython 3.11+ on this machine (scripts/find-python), else python3.
+PYTHON ?= $(shell scripts/find-python)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
