@@ -22,6 +22,8 @@ from typing import Any, TypeAlias
 
 import orjson
 
+from lowtide.domain.prefix import PrefixOrder
+
 TEST_MODEL = "batch-test-model"
 TEST_ENDPOINT = "/v1/chat/ds-test"
 # The order is the one used in messages that list the endpoints.
@@ -65,6 +67,8 @@ class RequestLine:
     custom_id: str
     offset: int  # byte offset of the line's first byte in the file
     length: int  # byte length of the JSON text, without the trailing \n or \r\n
+    send_order: int = 0  # rank in the order of sending (lowtide.domain.prefix); 0: file order
+    prefix_group: int = 0  # id of the shared prompt prefix it is sent with; 0: none
 
 
 @dataclass(slots=True)
@@ -88,6 +92,8 @@ _set_line: Callable[[RequestLine, int], None] = _slot["line"].__set__
 _set_custom_id: Callable[[RequestLine, str], None] = _slot["custom_id"].__set__
 _set_offset: Callable[[RequestLine, int], None] = _slot["offset"].__set__
 _set_length: Callable[[RequestLine, int], None] = _slot["length"].__set__
+_set_send_order: Callable[[RequestLine, int], None] = _slot["send_order"].__set__
+_set_prefix_group: Callable[[RequestLine, int], None] = _slot["prefix_group"].__set__
 
 
 def _request_line(line: int, custom_id: str, offset: int, length: int) -> RequestLine:
@@ -97,6 +103,8 @@ def _request_line(line: int, custom_id: str, offset: int, length: int) -> Reques
     _set_custom_id(request, custom_id)
     _set_offset(request, offset)
     _set_length(request, length)
+    _set_send_order(request, 0)
+    _set_prefix_group(request, 0)
     return request
 
 
@@ -235,6 +243,8 @@ class Validator:
         endpoint: str,
         served_models: Callable[[str], bool],
         limits: Limits = Limits(),  # frozen, so one shared default is safe
+        *,
+        prefix_order: bool = True,
     ) -> None:
         self._endpoint = endpoint
         self._served_models = served_models
@@ -247,6 +257,8 @@ class Validator:
         self._input_key = _INPUT_OF[endpoint][0] if endpoint in _INPUT_OF else "messages"
         self._input_types = _input_types(self._input_key)
         self._requests: list[RequestLine] = []
+        # Each stored line's prefix key, to rank the lines at the end (None: file order).
+        self._order = PrefixOrder(endpoint) if prefix_order else None
         self._errors: list[BatchError] = []  # line errors only; file-level ones come at finish
         self._full = limits.max_errors <= 0  # once the cap is hit, lines are only counted
         self._ids: set[str] = set()
@@ -288,7 +300,16 @@ class Validator:
             self._end_partial()
         errors = self._file_errors() + self._errors
         del errors[self._limits.max_errors :]
+        if self._order is not None and not errors:
+            self._apply_order(self._order)
         return Validation(self._requests, errors, self._model, self._total)
+
+    def _apply_order(self, order: PrefixOrder) -> None:
+        """Give each request its rank in the order of sending and its prefix group."""
+        ranks, groups = order.ranks()
+        for request, rank, group in zip(self._requests, ranks, groups, strict=True):
+            _set_send_order(request, rank)
+            _set_prefix_group(request, group)
 
     def _skip_bom(self, head: bytes, chunk: bytes) -> bytes:
         """Hold bytes until 3 are known, then drop a leading UTF-8 BOM (orjson rejects it)."""
@@ -380,6 +401,8 @@ class Validator:
             # Past the line limit the batch fails anyway: keep nothing, so memory stays bounded.
             self._ids.add(custom_id)
             self._requests.append(_request_line(self._lineno, custom_id, offset, length))
+            if self._order is not None:
+                self._order.add(raw, obj["body"], length)
 
     def _too_large(self, length: int) -> None:
         message = (

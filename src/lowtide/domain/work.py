@@ -36,6 +36,8 @@ class Claim:
     length: int
     attempts: int
     epoch: int
+    #: The shared prompt prefix it is sent with (``lowtide.domain.prefix``); 0 for none.
+    prefix_group: int = 0
 
 
 @dataclass(frozen=True, slots=True)
