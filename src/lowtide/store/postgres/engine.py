@@ -17,7 +17,15 @@ from lowtide.store import rows, slots
 from lowtide.store.postgres.db import Database, count
 
 #: The columns ``finish_validation`` copies into ``requests``.
-_REQUEST_COLUMNS = ("batch_id", "line", "custom_id", "byte_offset", "length")
+_REQUEST_COLUMNS = (
+    "batch_id",
+    "line",
+    "custom_id",
+    "byte_offset",
+    "length",
+    "send_order",
+    "prefix_group",
+)
 
 
 class _LostLease(Exception):
@@ -53,7 +61,18 @@ class EngineWork(Database):
             # COPY: 50,000 rows in a fraction of a second, in the same transaction.
             await conn.copy_records_to_table(
                 "requests",
-                records=[(batch_id, r.line, r.custom_id, r.offset, r.length) for r in requests],
+                records=[
+                    (
+                        batch_id,
+                        r.line,
+                        r.custom_id,
+                        r.offset,
+                        r.length,
+                        r.send_order,
+                        r.prefix_group,
+                    )
+                    for r in requests
+                ],
                 columns=_REQUEST_COLUMNS,
             )
             return True
@@ -87,9 +106,9 @@ class EngineWork(Database):
         result = await self._pool.fetch(
             self.q["claim_requests"], batch_id, owner, now + lease, now, limit
         )
-        claims = [Claim(batch_id, r[0], r[1], r[2], r[3], r[4], r[5]) for r in result]
-        claims.sort(key=lambda c: c.line)
-        return claims
+        # Claims go out in (send_order, line) order: RETURNING gives the rows in any order.
+        result.sort(key=lambda r: (r[7], r[0]))
+        return [Claim(batch_id, r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in result]
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> list[str]:
         if not outcomes:

@@ -62,7 +62,18 @@ class EngineWork(Database):
             c.execute(self.q["delete_requests"], (batch_id,))
             c.executemany(
                 self.q["insert_requests"],
-                ((batch_id, r.line, r.custom_id, r.offset, r.length) for r in requests),
+                (
+                    (
+                        batch_id,
+                        r.line,
+                        r.custom_id,
+                        r.offset,
+                        r.length,
+                        r.send_order,
+                        r.prefix_group,
+                    )
+                    for r in requests
+                ),
             )
             return True
 
@@ -100,9 +111,10 @@ class EngineWork(Database):
         def claim(c: sqlite3.Connection) -> list[Claim]:
             found = c.execute(self.q["claimable_requests"], params).fetchone()[0]
             c.execute(self.q["claim_requests"], params)
-            claims = [Claim(batch_id, *r) for r in orjson.loads(found)]
-            claims.sort(key=lambda cl: cl.line)
-            return claims
+            # Each row ends with its send_order: claims go out in (send_order, line) order.
+            found_rows = orjson.loads(found)
+            found_rows.sort(key=lambda r: (r[-1], r[0]))
+            return [Claim(batch_id, *r[:-1]) for r in found_rows]
 
         return await self._write(claim)
 

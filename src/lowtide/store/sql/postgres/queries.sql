@@ -133,14 +133,17 @@ WHERE b.status = {status.in_progress} ORDER BY b.expires_at, b.seq
 
 -- name: claim_requests
 -- Workers claiming from the same batch at once skip each other's rows instead of waiting.
+-- Claim order: (send_order, line), the order lowtide.domain.prefix gave at validation;
+-- RETURNING gives the rows unordered, with their send_order last, and the store sorts them.
 WITH picked AS MATERIALIZED (
     SELECT line FROM requests
     WHERE batch_id = $1 AND state = {state.pending} AND not_before <= $4
-    ORDER BY line LIMIT $5 FOR UPDATE SKIP LOCKED)
+    ORDER BY send_order, line LIMIT $5 FOR UPDATE SKIP LOCKED)
 UPDATE requests r SET state = {state.leased}, lease_owner = $2, lease_until = $3,
     lease_epoch = r.lease_epoch + 1
 FROM picked p WHERE r.batch_id = $1 AND r.line = p.line
-RETURNING r.line, r.custom_id, r.byte_offset, r.length, r.attempts, r.lease_epoch
+RETURNING r.line, r.custom_id, r.byte_offset, r.length, r.attempts, r.lease_epoch,
+    r.prefix_group, r.send_order
 
 -- name: record_outcomes
 -- The group commit, in one statement: lock the rows in key order, apply each outcome whose

@@ -85,11 +85,14 @@ CREATE TABLE requests (
     result           bytea,                -- its output/error-file line, once it has one
     error_code       text,
     error_message    text,
+    send_order       integer NOT NULL DEFAULT 0,  -- claimed in (send_order, line) order
+    prefix_group     bigint NOT NULL DEFAULT 0,   -- shared prompt prefix (router affinity)
     PRIMARY KEY (batch_id, line)
 ) WITH (fillfactor = 90);
--- Partial indexes stay as small as the work they find: pending lines in line order (claims),
+-- Partial indexes stay as small as the work they find: pending lines in claim order,
 -- leased lines (heartbeats, reclaim, "anything in flight?"), lines waiting for a retry.
-CREATE INDEX requests_pending ON requests (batch_id, line) WHERE state = {state.pending};
+CREATE INDEX requests_pending ON requests (batch_id, send_order, line)
+    WHERE state = {state.pending};
 CREATE INDEX requests_leased ON requests (batch_id) WHERE state = {state.leased};
 CREATE INDEX requests_waiting ON requests (not_before)
     WHERE state = {state.pending} AND not_before > 0;

@@ -78,9 +78,11 @@ CREATE TABLE requests (
     result           BLOB,                 -- its output/error-file line, once it has one
     error_code       TEXT,
     error_message    TEXT,
+    send_order       INTEGER NOT NULL DEFAULT 0,  -- claimed in (send_order, line) order
+    prefix_group     INTEGER NOT NULL DEFAULT 0,  -- shared prompt prefix (router affinity)
     PRIMARY KEY (batch_id, line)
 ) WITHOUT ROWID;
-CREATE INDEX requests_by_state ON requests (batch_id, state, line);
+CREATE INDEX requests_by_state ON requests (batch_id, state, send_order, line);
 CREATE INDEX requests_leased ON requests (state, lease_until) WHERE state = {state.leased};
 CREATE INDEX requests_waiting ON requests (state, not_before)
     WHERE state = {state.pending} AND not_before > 0;

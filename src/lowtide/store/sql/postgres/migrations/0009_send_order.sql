@@ -1,0 +1,13 @@
+-- 0009: the order in which a batch's requests are claimed (lowtide.domain.prefix): send_order
+-- is a request's rank, given at validation (lines that share a prompt prefix together, the
+-- longest first within a group; 0 for every line when [scheduling] prefix_order is off, and
+-- for the rows of batches validated before: file order, as before), and prefix_group the id
+-- of the shared prefix it is sent with, for the router's backend affinity. Claims follow
+-- (send_order, line), so the index of pending lines leads with it. Adding a column with a
+-- constant default rewrites no row.
+ALTER TABLE requests
+    ADD COLUMN send_order integer NOT NULL DEFAULT 0,
+    ADD COLUMN prefix_group bigint NOT NULL DEFAULT 0;
+DROP INDEX requests_pending;
+CREATE INDEX requests_pending ON requests (batch_id, send_order, line)
+    WHERE state = {state.pending};
