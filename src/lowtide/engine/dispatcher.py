@@ -154,12 +154,14 @@ class Dispatcher:
             free -= 1
 
     def _take(self, batch: ActiveBatch) -> tuple[Claim, Slot]:
-        """The next queued request of ``batch``, with a slot acquired for it (one is free)."""
-        slot = self.router.acquire(batch.model)
+        """The next queued request of ``batch``, with a slot acquired for it (one is free;
+        the router picks the backend by the request's prefix group)."""
+        claim = self._ready[batch].popleft()
+        slot = self.router.acquire(batch.model, claim.prefix_group)
         assert slot is not None, "took no more than the free slots"
         self._queued[batch.model] -= 1
         self._in_flight[batch.model] += 1
-        return self._ready[batch].popleft(), slot
+        return claim, slot
 
     def _next(self, model: str) -> tuple[ActiveBatch, Claim, Slot] | None:
         """A slot of ``model`` freed: the next queued request for the task that freed it,

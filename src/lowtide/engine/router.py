@@ -1,15 +1,26 @@
 """Which backend gets the next request of a model: least in flight, never over its ceiling,
 never while it is paused by a ``Retry-After``, and while it is down only the one probe that
-its ``Health`` allows."""
+its ``Health`` allows.
+
+Prefix affinity: a request of a prefix group (``lowtide.domain.prefix``) goes to the backend
+that took the group's last request while that backend has a free slot, so that each engine's
+prefix cache serves the groups it has computed instead of every engine computing every group.
+When that backend is full, the request goes where it would have gone anyway (least in flight),
+and the group follows it there. The router remembers the last ``AFFINITY_GROUPS`` groups."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from lowtide.backends.base import Backend
 from lowtide.engine.health import Health
+
+#: Prefix groups whose backend the router remembers (the least recently used is forgotten):
+#: far more than a fleet of engines' caches hold at once, and a few hundred KiB at most.
+AFFINITY_GROUPS = 4096
 
 
 @dataclass(slots=True)
@@ -51,6 +62,7 @@ class Router:
     def __init__(self, backends: list[tuple[Backend, list[str]]]) -> None:
         self._slots: dict[str, Slot] = {}
         self._by_model: dict[str, list[Slot]] = {}
+        self._affinity: OrderedDict[tuple[str, int], Slot] = OrderedDict()
         for backend, models in backends:
             slot = self._slots.setdefault(backend.name, Slot(backend))
             for model in models:
@@ -68,13 +80,29 @@ class Router:
                 slot.starved = True
         return total
 
-    def acquire(self, model: str) -> Slot | None:
+    def acquire(self, model: str, group: int = 0) -> Slot | None:
+        """A slot for a request of ``model`` in prefix group ``group`` (0: none)."""
         now = time.monotonic()
         candidates = [s for s in self._by_model.get(model, ()) if s.free(now) > 0]
         if not candidates:
             return None
-        slot = min(candidates, key=lambda s: s.in_flight)
+        if group and len(self._by_model[model]) > 1:
+            slot = self._affine((model, group), candidates)
+        else:
+            slot = min(candidates, key=lambda s: s.in_flight)
         slot.in_flight += 1
+        return slot
+
+    def _affine(self, key: tuple[str, int], candidates: list[Slot]) -> Slot:
+        """The backend that took the group's last request if it has room, else the least
+        busy; remembered as the group's backend from now on."""
+        slot = self._affinity.get(key)
+        if slot is None or not any(s is slot for s in candidates):
+            slot = min(candidates, key=lambda s: s.in_flight)
+        self._affinity[key] = slot
+        self._affinity.move_to_end(key)
+        if len(self._affinity) > AFFINITY_GROUPS:
+            self._affinity.popitem(last=False)
         return slot
 
     def release(self, slot: Slot) -> None:
