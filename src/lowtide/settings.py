@@ -283,6 +283,16 @@ class RetentionSettings(_Strict):
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
 
 
+class SchedulingSettings(_Strict):
+    """The order in which a batch's requests are sent."""
+
+    #: Send lines that share a prompt prefix together, the longest first within a group, and
+    #: keep a group on one backend while it has room (``lowtide.domain.prefix``): engines with
+    #: a prefix cache compute each shared prefix about once. Off: file order. Applies to the
+    #: batches validated after it is set.
+    prefix_order: bool = True
+
+
 class TestingSettings(_Strict):
     """Knobs that only tests may turn; refused outside ``LOWTIDE_TESTING=1``."""
 
@@ -306,6 +316,7 @@ class Settings(_Strict):
     accounts: dict[str, AccountOverrides] = Field(default_factory=dict)
     s3: S3Settings = S3Settings()
     retention: RetentionSettings = RetentionSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
     testing: TestingSettings = TestingSettings()
 
     @field_validator("backends")

@@ -198,6 +198,7 @@ class Engine:
                     serves=self._serves,
                     limits=limits,
                     pricing_of=self._pricing,
+                    prefix_order=self.settings.scheduling.prefix_order,
                 )
                 if started:
                     self.dispatcher.wake()

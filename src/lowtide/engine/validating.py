@@ -25,15 +25,17 @@ async def validate_batch(
     serves: Callable[[str], bool],
     limits: validation.Limits,
     pricing_of: Callable[[str], Pricing],
+    prefix_order: bool = True,
 ) -> bool:
-    """Validate one claimed batch; True if it moved to in_progress."""
+    """Validate one claimed batch; True if it moved to in_progress. With ``prefix_order``
+    its requests are ranked for sending (``lowtide.domain.prefix``), else sent in file order."""
     started = time.monotonic()
     source = await _input_of(store, batch)
     if source is None or source[0] != "batch":
         problem = _file_problem(batch, source[0] if source else None)
         await store.fail_validation(batch.id, owner, [problem], int(time.time()))
         return False
-    validator = validation.Validator(batch.endpoint, serves, limits)
+    validator = validation.Validator(batch.endpoint, serves, limits, prefix_order=prefix_order)
     async for chunk in blobs.stream(source[1]):
         validator.feed(chunk)
     result = validator.finish()
