@@ -72,6 +72,11 @@ CONCURRENCY_LIMIT = Gauge(
     ("backend",),
     registry=REGISTRY,
 )
+INPUT_READ_FAILURES = Counter(
+    "lowtide_input_read_failures",
+    "Request lines that could not be read from their input file (the object store failed).",
+    registry=REGISTRY,
+)
 BACKEND_UP = Gauge(
     "lowtide_backend_up",
     "1 while a backend answers, 0 while it is down (as this process sees it).",

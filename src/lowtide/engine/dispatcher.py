@@ -64,6 +64,8 @@ class Dispatcher:
         self.owner, self.lease, self.policy = owner, lease, policy
         self.poll_interval = poll_interval
         self.outage_grace = outage_grace
+        #: When (monotonic) reads of request lines from the object store began to fail.
+        self._unreadable_since: float | None = None
         self.on_outcome = on_outcome
         #: What each backend's bodies need: defaults, overrides, its dialect.
         self.shaping = shaping or Shaping()
@@ -236,9 +238,8 @@ class Dispatcher:
         try:
             raw = await self.blobs.read_range(batch.input_blob_key, claim.offset, claim.length)
         except errors.StorageError as exc:
-            logger.error("cannot read request %s:%d: %s", batch.id, claim.line, exc)
-            message = "The request could not be read from the input file."
-            return outcomes.from_unreadable_input(claim, message, self.policy)
+            return self._unreadable(claim, exc)
+        self._storage_back()
         plan = self.shaping.plan(slot.backend, batch.model, batch.endpoint)
         body = _request_body(raw, plan)
         if slot.capacity() == 0:
@@ -259,6 +260,29 @@ class Dispatcher:
         if reply.retry_after is not None and reply.status in (429, 503):
             self._pause(slot, reply.retry_after, reply.status)
         return plan.recorded(outcomes.from_reply(claim, reply, self.policy, plan.final), body)
+
+    def _unreadable(self, claim: Claim, exc: errors.StorageError) -> Outcome:
+        """The object store did not give the line back. For up to ``outage_grace`` seconds of
+        failing reads the line waits without spending an attempt, as for a backend outage: a
+        short outage of the store costs lines nothing. Past it, attempts count, and a line
+        whose bytes are gone for good ends as ``input_unavailable``."""
+        metrics.INPUT_READ_FAILURES.inc()
+        now = time.monotonic()
+        if self._unreadable_since is None:
+            self._unreadable_since = now
+            logger.warning("cannot read request lines from the input files: %s", exc)
+        failing = now - self._unreadable_since
+        if failing < self.outage_grace:
+            # Tried again sooner at first, then about as often as the outage is long so far.
+            return _give_back_claim(claim, min(self.policy.max_delay, 0.5 + failing))
+        message = "The request could not be read from the input file."
+        return outcomes.from_unreadable_input(claim, message, self.policy)
+
+    def _storage_back(self) -> None:
+        if self._unreadable_since is not None:
+            outage = time.monotonic() - self._unreadable_since
+            logger.warning("request lines can be read again, after %.1f s", outage)
+            self._unreadable_since = None
 
     def _unreachable(self, slot: Slot, claim: Claim, exc: Unreachable, sent_at: float) -> Outcome:
         """No answer. A few in a row and the backend is down, not the line (engine/health.py):

@@ -72,9 +72,9 @@ def from_unreachable(claim: Claim, exc: Unreachable, policy: RetryPolicy) -> Out
 
 
 def from_unreadable_input(claim: Claim, message: str, policy: RetryPolicy) -> Outcome:
-    """The request's line could not be read from the stored input file (the object store did
-    not answer): retried like a backend error, so that a short outage of the store costs the
-    line nothing; ``input_unavailable`` once its attempts are spent."""
+    """The request's line could not be read from the stored input file, for longer than the
+    dispatcher's outage grace: retried like a backend error; ``input_unavailable`` once its
+    attempts are spent."""
     return _retry_or_fail(claim, claim.attempts + 1, policy, None, "input_unavailable", message)
 
 
