@@ -25,9 +25,6 @@ from lowtide.store import Store
 logger = logging.getLogger(__name__)
 
 SUCCEEDED = int(RequestState.SUCCEEDED)
-#: How long a result file is kept when the batch did not ask (``output_expires_after``).
-DEFAULT_RETENTION = 30 * 86400
-
 _UNRUN = {
     Status.EXPIRED: (lines.EXPIRED_CODE, lines.EXPIRED_MESSAGE),
     Status.CANCELLED: (lines.CANCELLED_CODE, lines.CANCELLED_MESSAGE),
@@ -41,10 +38,11 @@ async def finalize(
     owner: str,
     lease: float,
     *,
-    retention: int = DEFAULT_RETENTION,
+    retention: int,
 ) -> Status | None:
     """Finalise the batch if it is ready and no other worker has it; its result files are kept
-    ``retention`` seconds unless the batch asked otherwise."""
+    ``retention`` seconds (``retention.batch_days``) unless the batch asked otherwise
+    (``output_expires_after``)."""
     batch = await store.claim_finalization(batch_id, owner, time.time(), lease)
     if batch is None:
         return None  # not ready, or another worker has it
