@@ -40,7 +40,13 @@ def _fault_cases() -> list[str]:
     return list(module.CASE_NAMES)
 
 
-def run_script(name: str, *args: str, timeout: float = 120) -> Any:
+# The scripts take a minute or two on a quiet machine: their deadline (and the tests') only
+# turns a hang into a failure.
+SCRIPT_TIMEOUT = 540
+slow = pytest.mark.timeout(SCRIPT_TIMEOUT + 60)
+
+
+def run_script(name: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> Any:
     # A child of the harness: it dies with the test run, even a killed one.
     proc = commands.run(
         [sys.executable, str(ROOT / "bench" / name), *args, "--json"], timeout=timeout, cwd=ROOT
@@ -49,6 +55,7 @@ def run_script(name: str, *args: str, timeout: float = 120) -> Any:
     return json.loads(proc.stdout)
 
 
+@slow
 def test_chaos_kills_lose_and_double_nothing(tmp_path: Path) -> None:
     r = run_script(
         "chaos.py",
@@ -85,7 +92,7 @@ def fault_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 FAULT_CASES = _fault_cases()
 
 
-@pytest.mark.xdist_group("bench-faults")  # one worker runs the script once for both tests
+@slow  # the first test of a worker runs bench/faults.py (the module's fixture)
 @pytest.mark.parametrize("case", _fault_cases())
 def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, Any]) -> None:
     """Whatever the fault, each line ends once, billed once, and nothing is sent early."""
@@ -96,7 +103,7 @@ def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, 
     assert (r["early"], r["early_same_line"]) == (0, 0)
 
 
-@pytest.mark.xdist_group("bench-faults")
+@slow
 @pytest.mark.parametrize("case", FAULT_CASES)
 def test_backend_fault_keeps_its_promise(case: str, fault_results: dict[str, Any]) -> None:
     """Retryable faults end in success, 4xx are sent once, exhausted lines carry a code."""

@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+#: Seconds a started process has to say it is ready. Only turns a process that never gets ready
+#: into an error: on a loaded two-core machine, with coverage measuring it, a server's start
+#: has taken more than 20 s.
+STARTUP_TIMEOUT = 60.0
 # The first line ``python -m lowtide.testing.upstream`` prints, before the url it listens on.
 # (Not imported from there: this module stays light, without aiohttp.)
 _LISTENING = "LISTENING "
@@ -65,7 +69,9 @@ def http_json(url: str, body: Any = None, *, timeout: float = 10.0) -> Any:
 class Upstream:
     """The fake OpenAI-compatible server (``lowtide.testing.upstream``) as a process."""
 
-    def __init__(self, *args: str, log: Path | None = None, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self, *args: str, log: Path | None = None, startup_timeout: float = STARTUP_TIMEOUT
+    ) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -169,7 +175,7 @@ class Lowtide(_Process):
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -236,7 +242,7 @@ class Worker(_Process):
         assert self.proc is not None, "the worker is not running"
         return self.proc.pid
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "lowtide", "worker", "--config", str(self.config_path)]
         cmd += self.extra_args
