@@ -215,7 +215,7 @@ def test_level_hashes_stand_for_everything_before_their_end() -> None:
 def test_prompt_bytes_of_a_chat_start_at_its_messages() -> None:
     body = chat("sys", "hi")
     raw = orjson.dumps({"custom_id": "x", "body": body})
-    assert prompt_bytes(CHAT, raw, body) == raw[raw.index(b'"messages"') :]
+    assert bytes(prompt_bytes(CHAT, raw, body) or b"") == raw[raw.index(b'"messages"') :]
     assert prompt_bytes("/v1/embeddings", raw, body) is None
 
 
@@ -226,7 +226,7 @@ def test_a_line_costs_a_few_bytes_while_the_file_streams() -> None:
     for _ in range(1000):
         order.add(raw, body, len(raw))
     assert len(order) == 1000
-    # Level hashes (4 bytes each) and an estimate: no copy of any text is kept.
-    assert order._hashes.itemsize * len(order._hashes) == 1000 * len(LEVELS) * 4
+    # Level hashes (8 bytes each) and an estimate: no copy of any text is kept.
+    assert order._hashes.itemsize * len(order._hashes) == 1000 * len(LEVELS) * 8
     ranks, groups = order.ranks()
     assert sorted(ranks) == list(range(1000)) and len(set(groups)) == 1
