@@ -86,7 +86,7 @@ class Result:
     settings: str = ""
     #: every promise missed, in words
     problems: list[str] = field(default_factory=list)
-    #: of them, the invariants of design.md (each line once, billed once): never excused
+    #: of them, the invariants of docs/reliability.md (each line once, billed once): never excused
     invariant_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 

@@ -1,5 +1,5 @@
 """validate: a 500 MB, 50,000-line chat file through lowtide's validator (every rule of
-section 13 point 8), against reading the same file and decoding each line with the fastest
+docs/api-compatibility.md), against reading the same file and decoding each line with the fastest
 JSON decoder available, doing nothing else.
 
 Each side runs in a child process of its own, so that its peak RSS (VmHWM) is its own.

@@ -270,7 +270,7 @@ class CallbackSettings(_Strict):
     timeout: float = Field(default=10.0, gt=0)
 
 
-# --- retention (issue 6) ---------------------------------------------------------------------
+# --- retention ------------------------------------------------------------------------------
 
 
 class RetentionSettings(_Strict):

@@ -1,4 +1,4 @@
-"""``lowtide serve`` runs its engine on a thread and event loop of its own (issue 5): the API's
+"""``lowtide serve`` runs its engine on a thread and event loop of its own: the API's
 wake-ups must cross over to it, and an engine that dies must take the process down with it
 rather than leave an API that accepts batches nobody will run."""
 

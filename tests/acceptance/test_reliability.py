@@ -1,4 +1,4 @@
-"""Reliability (issue 3): nothing lost or done twice, whatever happens to the process or backend.
+"""Reliability: nothing lost or done twice, whatever happens to the process or backend.
 
 The small versions of ``bench/chaos.py`` and ``bench/faults.py`` run here as the user runs them
 (a subprocess printing JSON), plus the process signals: SIGSTOP past the lease, and SIGTERM

@@ -48,8 +48,8 @@ def read_result_csv(path: Path) -> list[dict[str, str]]:
 
 
 def hosted_script(src: Path, dst: Path, model: str, system: str | None) -> None:
-    """The Model Studio help-center CSV->JSONL script (batch-api.md §10); the Qwen Cloud one
-    is the same without the system message."""
+    """The CSV->JSONL script of Model Studio's batch documentation; the Qwen Cloud one is the
+    same without the system message."""
     with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
         for row in csv.reader(fin):
             messages = [{"role": "user", "content": row[1]}]

@@ -1,4 +1,5 @@
-"""The built-in test model ``batch-test-model`` (section 13 point 14): a fixed reply, no model."""
+"""The built-in test model ``batch-test-model`` (docs/api-compatibility.md,
+"Test model"): a fixed reply, no model."""
 
 from __future__ import annotations
 

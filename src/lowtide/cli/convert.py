@@ -67,8 +67,8 @@ __all__ = [
 ]
 
 
-# A batch line may be up to 6 MB (batch-api.md §13.8); the csv module's default field limit
-# (128 KiB) would reject long prompts that the server accepts.
+# A batch line may be up to 6 MB (docs/api-compatibility.md, "Validation codes"); the csv
+# module's default field limit (128 KiB) would reject long prompts that the server accepts.
 _MAX_FIELD: Final = 6 * 1024 * 1024
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 #: What an idempotency key was used for: its scope inside the account.
 FILE_KIND = "file"
 BATCH_KIND = "batch"
-#: How long an idempotency key is remembered (section 13 point 18).
+#: How long an idempotency key is remembered (docs/api-compatibility.md, "Idempotency").
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 

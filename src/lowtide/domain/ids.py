@@ -1,4 +1,4 @@
-"""Id formats, as fixed by section 13 point 2 of the wire reference."""
+"""Id formats (docs/api-compatibility.md, "Ids")."""
 
 from __future__ import annotations
 

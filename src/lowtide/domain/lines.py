@@ -1,9 +1,10 @@
-"""The exact line formats of the output and error files (section 13 points 9-10).
+"""The exact line formats of the output and error files (docs/api-compatibility.md,
+"Result lines").
 
 A request's result line is rendered once, when its outcome is recorded, and stored as is:
 finalisation then only concatenates stored lines in line order (and renders the lines of
 requests that never ran). Rendering at commit time spreads the work over the dispatch instead
-of doing all of it at the end (issue 5: finalising 50,000 results took 13× one sequential
+of doing all of it at the end (finalising 50,000 results took 13× one sequential
 write when every line was rendered there).
 """
 

@@ -1,4 +1,5 @@
-"""Validation of a batch input file (section 13 point 8 of the wire reference), pure and streaming.
+"""Validation of a batch input file, pure and streaming (docs/api-compatibility.md,
+"Validation codes").
 
 The engine feeds the bytes of an uploaded JSONL file in chunks of any size and calls ``finish``::
 

@@ -78,5 +78,5 @@ RETRY = "retry"
 #: where ``result`` is the line stored when its outcome was recorded, and ``custom_id`` is
 #: given only where there is no such line (the request never ran: its line is rendered then).
 #: A plain tuple, as the database driver returns it: 50,000 objects built per finalisation
-#: cost more than writing the file (issue 5).
+#: cost more than writing the file.
 ResultRow = tuple[int, int, str | None, bytes | None]

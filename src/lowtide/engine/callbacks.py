@@ -1,8 +1,9 @@
 """``metadata.ds_batch_finish_callback``: POST the final batch object once the batch is terminal.
 
 Only to hosts listed in ``callbacks.allowed_hosts`` (none by default), never following a
-redirect, at most three tries with backoff (section 13 point 7). Delivery is best effort: a
-process that dies between finalising a batch and calling back does not call back.
+redirect, at most three tries with backoff (docs/api-compatibility.md, "Callbacks"). Delivery
+is best effort: a process that dies between finalising a batch and calling back does not call
+back.
 """
 
 from __future__ import annotations

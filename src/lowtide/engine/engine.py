@@ -93,11 +93,7 @@ class Engine:
         )
         configured = {b.name for b in settings.backends}  # the test model needs no probe
         self.health = HealthMonitor(
-            [
-                (s.backend, s.health, s.held)
-                for s in router.slots()
-                if s.backend.name in configured
-            ],
+            [(s.backend, s.health, s.held) for s in router.slots() if s.backend.name in configured],
             interval_up=conf.probe_interval,
             interval_down=conf.probe_interval_down,
             on_change=self.dispatcher.backend_changed,
@@ -246,7 +242,7 @@ class Engine:
             self._finalize_soon(await self.store.batches_to_finalize(now))
             await asyncio.sleep(min(1.0, self.settings.engine.poll_interval))
 
-    # --- retention (issue 6): expired files, old batches' rows, lapsed idempotency keys ------
+    # --- retention: expired files, old batches' rows, lapsed idempotency keys ----------------
 
     async def _retention_loop(self) -> None:
         conf = self.settings.retention

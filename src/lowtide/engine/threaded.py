@@ -2,7 +2,7 @@
 
 On one event loop with the API, every API call waited behind loop iterations full of dispatch
 callbacks: while a large batch dispatched, ``batches.retrieve`` took several times its idle
-time (issue 5). On a loop of its own, the API waits for the GIL instead, which a busy thread
+time. On a loop of its own, the API waits for the GIL instead, which a busy thread
 hands over at least every switch interval.
 
 An object bound to an event loop (asyncio events, queues and tasks, aiohttp sessions, an asyncpg

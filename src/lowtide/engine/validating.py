@@ -76,7 +76,8 @@ async def _input_of(store: Store, batch: BatchRecord) -> tuple[str, str] | None:
 
 
 def _file_problem(batch: BatchRecord, purpose: str | None) -> JsonDict:
-    """The error of section 13 point 4 when the input file is missing or not for batches."""
+    """The error of a missing input file, or one not for batches (docs/api-compatibility.md,
+    "Create batch")."""
     if purpose is None:
         message = (
             f"Cannot find file {batch.input_file_id}, or it is not accessible to this account."

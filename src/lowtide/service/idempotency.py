@@ -1,5 +1,6 @@
-"""Idempotent creates (section 13 point 18): the same ``Idempotency-Key`` with the same
-parameters answers the first response again for 24 hours; with other parameters, 409.
+"""Idempotent creates (docs/api-compatibility.md, "Idempotency"): the same ``Idempotency-Key``
+with the same parameters answers the first response again for 24 hours; with other
+parameters, 409.
 
 A key is recorded in the same transaction as the object it created (``Store.create_file`` /
 ``create_batch``), so there is no window in which a key is taken but its object missing, or

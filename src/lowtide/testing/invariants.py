@@ -1,4 +1,5 @@
-"""Check a batch against the durability invariants of design.md, from its files and database.
+"""Check a batch against the durability invariants (docs/reliability.md, "What is promised"),
+from its files and database.
 
 Given the input JSONL, the output and error files, the batch object (as the API returns it) and
 the SQLite database, ``check_batch`` says which lines were lost, duplicated, torn, or billed
