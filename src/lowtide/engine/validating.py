@@ -42,10 +42,11 @@ async def validate_batch(
     metrics.VALIDATION_SECONDS.observe(time.monotonic() - started)
     now = int(time.time())
     logger.info(
-        "batch %s validated in %.2fs: %d requests, %d errors",
+        "batch %s validated in %.2fs: %d requests (%d prefix groups), %d errors",
         batch.id,
         time.monotonic() - started,
         len(result.requests),
+        len({r.prefix_group for r in result.requests} - {0}),
         len(result.errors),
     )
     if not result.ok or result.model is None:
