@@ -49,7 +49,7 @@ API_SWITCH_INTERVAL = 0.00002
 
 def build_router(settings: Settings) -> Router:
     backends: list[tuple[Backend, list[str]]] = [(TestModelBackend(), [TEST_MODEL])]
-    backends += [(OpenAIHTTPBackend(b), list(b.models)) for b in settings.backends]
+    backends += [(OpenAIHTTPBackend(b), list(b.models)) for b in settings.http_backends()]
     return Router(backends)
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from lowtide import errors
+from lowtide.domain.offload import PRESETS, UpstreamLimits, window_hours
 
 CONFIG_ENV = "LOWTIDE_CONFIG"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -136,11 +137,108 @@ class BackendSettings(_Strict):
     #: Body fields set when a line lacks them, and fields always set (``max_tokens``: a cap).
     defaults: BodyFields = Field(default_factory=dict)
     overrides: BodyFields = Field(default_factory=dict)
+    #: ``http``: a server that answers one request at a time; ``batch``: a hosted Batch API
+    #: that lines are offloaded to in chunks (docs/offload.md). The keys below are for it.
+    kind: Literal["http", "batch"] = "http"
+    #: The upstream's published limits (lines and bytes per file, bytes per line, windows).
+    limits: Literal["openai", "dashscope"] = "openai"
+    #: Seconds between two polls of an upstream batch.
+    poll_interval: float = Field(default=60.0, gt=0)
+    #: At most this many lines, bytes and bytes per line in one upstream file (the preset's
+    #: limits when unset; never more than them).
+    max_lines_per_chunk: int | None = Field(default=None, ge=1)
+    max_chunk_bytes: int | None = Field(default=None, ge=1024)
+    max_line_bytes: int | None = Field(default=None, ge=1024)
+    #: The window asked of the upstream (the preset's shortest when unset).
+    completion_window: str | None = None
+    #: Offload only the lines that the HTTP backends will not finish in time.
+    spill: bool = False
+    #: Offloaded lines cost this times the batch price of their tokens.
+    price_factor: float = Field(default=1.0, ge=0)
+    #: Delete the upstream input, output and error files once their results are recorded.
+    delete_files: bool = True
+    #: Seconds between the end of an upstream batch's window and the lowtide batch's deadline;
+    #: also how early before the deadline the HTTP backends should be done when spilling.
+    deadline_margin: float = Field(default=1800.0, ge=0)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_env:
             return os.environ.get(self.api_key_env)
         return self.api_key
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> BackendSettings:
+        given = self.model_fields_set
+        if self.kind == "http":
+            wrong = sorted(given & _BATCH_ONLY)
+            if wrong:
+                raise ValueError(f'{", ".join(wrong)}: only a backend of kind = "batch" takes this')
+            return self
+        wrong = sorted(given & _HTTP_ONLY)
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)}: a batch backend takes no such key (the upstream decides "
+                "how many of its lines run at once)"
+            )
+        self._check_limits()
+        return self
+
+    def _check_limits(self) -> None:
+        preset = PRESETS[self.limits]
+        for key, value, most in (
+            ("max_lines_per_chunk", self.max_lines_per_chunk, preset.max_lines),
+            ("max_chunk_bytes", self.max_chunk_bytes, preset.max_file_bytes),
+            ("max_line_bytes", self.max_line_bytes, preset.max_line_bytes),
+        ):
+            if value is not None and value > most:
+                raise ValueError(f"{key} = {value}: over the {self.limits} limit of {most}")
+        if self.completion_window is not None:
+            try:
+                hours = window_hours(self.completion_window)
+            except ValueError as exc:
+                raise ValueError(f"completion_window: {exc}") from None
+            if not preset.min_window_hours <= hours <= preset.max_window_hours:
+                raise ValueError(
+                    f"completion_window = {self.completion_window!r}: {self.limits} accepts "
+                    + _window_range(preset.min_window_hours, preset.max_window_hours)
+                )
+
+    def upstream_limits(self) -> UpstreamLimits:
+        """The preset's limits, lowered where this backend's keys say so."""
+        preset = PRESETS[self.limits]
+        return UpstreamLimits(
+            self.max_lines_per_chunk or preset.max_lines,
+            self.max_chunk_bytes or preset.max_file_bytes,
+            self.max_line_bytes or preset.max_line_bytes,
+            preset.min_window_hours,
+            preset.max_window_hours,
+        )
+
+    def window(self) -> str:
+        """The completion window asked of the upstream."""
+        return self.completion_window or f"{PRESETS[self.limits].min_window_hours}h"
+
+
+def _window_range(least: int, most: int) -> str:
+    return f"only {least}h" if least == most else f"{least}h to {most}h"
+
+
+#: Keys that only one kind of backend takes (``BackendSettings._keys_of_its_kind``).
+_BATCH_ONLY = frozenset(
+    {
+        "limits",
+        "poll_interval",
+        "max_lines_per_chunk",
+        "max_chunk_bytes",
+        "max_line_bytes",
+        "completion_window",
+        "spill",
+        "price_factor",
+        "delete_files",
+        "deadline_margin",
+    }
+)
+_HTTP_ONLY = frozenset({"max_concurrency"})
 
 
 class ModelSettings(_Strict):
@@ -300,6 +398,9 @@ class TestingSettings(_Strict):
     completion_window_seconds: float | None = None
     #: Length of a rate-limit window in seconds instead of a minute (to test recovery).
     rate_limit_window_seconds: float | None = Field(default=None, gt=0)
+    #: How long an upstream batch's window is taken to be, in seconds, instead of its
+    #: ``completion_window`` (to test offload and spill-over against short deadlines).
+    offload_window_seconds: float | None = Field(default=None, gt=0)
 
 
 class Settings(_Strict):
@@ -335,6 +436,14 @@ class Settings(_Strict):
 
     def served_models(self) -> set[str]:
         return {model for backend in self.backends for model in backend.models}
+
+    def http_backends(self) -> list[BackendSettings]:
+        """The backends sent one request at a time (kind ``http``)."""
+        return [b for b in self.backends if b.kind == "http"]
+
+    def batch_backends(self) -> list[BackendSettings]:
+        """The hosted Batch APIs that lines are offloaded to (kind ``batch``)."""
+        return [b for b in self.backends if b.kind == "batch"]
 
     def keys_required(self) -> bool:
         return bool(self.api_keys)

@@ -8,6 +8,7 @@ from typing import Any
 
 from lowtide.domain import wire
 from lowtide.domain.backends import BackendView
+from lowtide.domain.offload import Offloaded
 from lowtide.domain.status import Status
 
 JsonDict = dict[str, Any]
@@ -86,6 +87,9 @@ class BatchRecord:
     output_expires_after: int | None = None
     #: The status finalisation will end in (completed, expired or cancelled).
     end_status: Status | None = None
+    #: Not stored: the lines that ran on hosted Batch APIs, set by the service when it
+    #: answers (``lowtide.domain.offload``); None when none did.
+    offloaded: Offloaded | None = None
     #: Not stored: the backend the batch waits for (every backend of its model is down), set
     #: by the service from the engines' reports when it answers.
     waiting_for: BackendView | None = None

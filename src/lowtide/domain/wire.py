@@ -180,6 +180,17 @@ class Cost(BaseModel):
     currency: str
 
 
+class OffloadedLines(BaseModel):
+    """The lines of a batch that ran on hosted Batch APIs (a lowtide extension, docs/offload.md;
+    null while none did). Those that ran on lowtide's own backends are the rest of
+    `request_counts.completed + failed`."""
+
+    lines: Count = Field(description="Lines with a result from an upstream batch.")
+    running: Count = Field(description="Lines in upstream batches now.")
+    by_backend: dict[str, int] = Field(description="`lines`, per batch backend.")
+    running_by_backend: dict[str, int] = Field(description="`running`, per batch backend.")
+
+
 class WaitingFor(BaseModel):
     """The backend a batch is waiting for: every backend that serves its model is down (a
     lowtide extension; null while the batch can run)."""
@@ -216,6 +227,7 @@ class Batch(BaseModel):
     model: str | None
     usage: Usage
     cost: Cost
+    offloaded: OffloadedLines | None
     waiting_for: WaitingFor | None
 
 
@@ -227,9 +239,22 @@ usage_json: Callable[[Any], JsonDict] = renderer(
 )
 # Error items are stored as rendered (``lowtide.domain.validation``): they pass as they are.
 _ERRORS = renderer(BatchErrors, data=attrgetter("errors"))
-_COST = renderer(
-    Cost, amount=lambda b: b.pricing.cost(b.usage), currency=lambda b: b.pricing.currency
+_COST = renderer(Cost, amount=lambda b: _cost(b), currency=lambda b: b.pricing.currency)
+_OFFLOADED = renderer(
+    OffloadedLines,
+    by_backend=lambda o: o.by_backend(),
+    running_by_backend=lambda o: o.running_by_backend(),
 )
+
+
+def _cost(b: BatchRecord) -> float:
+    """At the batch price; offloaded lines at their backend's ``price_factor`` times it."""
+    amount = b.pricing.cost(b.usage)
+    if b.offloaded is not None:
+        amount = round(amount + b.offloaded.extra_cost(b.pricing), 10)
+    return amount
+
+
 _WAITING = renderer(WaitingFor, backend=attrgetter("name"), since=lambda v: int(v.since or 0))
 
 batch_json: Callable[[BatchRecord], JsonDict] = renderer(
@@ -239,6 +264,7 @@ batch_json: Callable[[BatchRecord], JsonDict] = renderer(
     request_counts=renderer(RequestCounts),
     usage=lambda b: usage_json(b.usage),
     cost=_COST,
+    offloaded=lambda b: _OFFLOADED(b.offloaded) if b.offloaded is not None else None,
     waiting_for=lambda b: _WAITING(b.waiting_for) if b.waiting_for is not None else None,
 )
 

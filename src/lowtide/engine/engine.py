@@ -32,6 +32,7 @@ from lowtide.engine.dispatcher import Dispatcher
 from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
 from lowtide.engine.health import HealthMonitor
+from lowtide.engine.offload.offloader import Offloader
 from lowtide.engine.reporting import BackendReporter
 from lowtide.engine.router import Router
 from lowtide.engine.sink import ResultSink
@@ -86,12 +87,12 @@ class Engine:
             else CapacityKeeper(
                 store,
                 router,
-                [b.name for b in settings.backends],
+                [b.name for b in settings.http_backends()],
                 owner=self.owner,
                 lease=self.lease,
             )
         )
-        configured = {b.name for b in settings.backends}  # the test model needs no probe
+        configured = {b.name for b in settings.http_backends()}  # the test model needs no probe
         self.health = HealthMonitor(
             [(s.backend, s.health, s.held) for s in router.slots() if s.backend.name in configured],
             interval_up=conf.probe_interval,
@@ -99,6 +100,21 @@ class Engine:
             on_change=self.dispatcher.backend_changed,
         )
         self.reporter = BackendReporter(store, router, self.owner, configured)
+        #: Lines sent to hosted Batch APIs (``kind = "batch"`` backends), if any is configured.
+        self.offload = (
+            Offloader(
+                settings,
+                store,
+                blobs,
+                owner=self.owner,
+                lease=self.lease,
+                policy=policy,
+                exclusive=exclusive,
+                on_finished=self._finalize_soon,
+            )
+            if settings.batch_backends()
+            else None
+        )
         self._validate_wake = asyncio.Event()
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -127,6 +143,8 @@ class Engine:
         self._spawn("finalisation", self._finalize_loop)
         self._spawn("upkeep", self._upkeep_loop)
         self._spawn("retention", self._retention_loop)
+        if self.offload is not None:
+            self._spawn("offload", self.offload.run)
 
     def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         async def guarded() -> None:
@@ -149,6 +167,8 @@ class Engine:
         self.health.stop()
         self.reporter.stop()
         self.dispatcher.stop()
+        if self.offload is not None:
+            self.offload.stop()
         self._validate_wake.set()
         await self.dispatcher.drain(self.settings.engine.shutdown_grace)
         self.sink.stop()
@@ -156,6 +176,8 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.offload is not None:
+            await self.offload.drain()
         await self.sink.flush()
         if self.capacity is not None:
             self.capacity.stop()
@@ -175,6 +197,8 @@ class Engine:
         """A batch was created or cancelled: look at once rather than at the next poll."""
         self._validate_wake.set()
         self.dispatcher.wake()
+        if self.offload is not None:
+            self.offload.wake()
 
     # --- side tasks --------------------------------------------------------------------------
 
@@ -274,7 +298,10 @@ class Engine:
     # --- policy ------------------------------------------------------------------------------
 
     def _serves(self, model: str) -> bool:
-        return model != TEST_MODEL and self.router.serves(model)
+        served = self.router.serves(model) or (
+            self.offload is not None and self.offload.serves(model)
+        )
+        return model != TEST_MODEL and served
 
     def _pricing(self, model: str) -> Pricing:
         billing = self.settings.billing

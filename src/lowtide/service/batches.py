@@ -20,6 +20,7 @@ from lowtide.domain.status import TERMINAL, Status, parse_statuses
 from lowtide.domain.validation import ENDPOINTS, TEST_ENDPOINT
 from lowtide.service.backends import BackendService
 from lowtide.service.idempotency import Attempt, check_key
+from lowtide.service.offload import mark_offloaded
 from lowtide.settings import Settings
 from lowtide.store import Store
 
@@ -172,6 +173,7 @@ class BatchService:
         if batch is None or batch.created_at < time.time() - self.retention_seconds:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
         await self.backends.mark_waiting([batch])
+        await mark_offloaded(self.settings, self.store, [batch])
         return batch
 
     async def list(
@@ -185,6 +187,7 @@ class BatchService:
             account, flt, after=query.get("after"), limit=limit + 1
         )
         await self.backends.mark_waiting(found[:limit])
+        await mark_offloaded(self.settings, self.store, found[:limit])
         return found[:limit], len(found) > limit
 
     def _filter(self, query: Mapping[str, str]) -> BatchFilter:

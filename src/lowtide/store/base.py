@@ -17,6 +17,7 @@ from typing import Protocol
 
 from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.backends import BackendReport
+from lowtide.domain.offload import Chunk, ChunkLine, Offloaded
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -261,6 +262,61 @@ class BackendStatusStore(Protocol):
         """Every engine's views refreshed in the last ``STALE_AFTER`` seconds."""
 
 
+class OffloadStore(Protocol):
+    """Chunks of requests offloaded to hosted Batch APIs (``lowtide.engine.offload``)."""
+
+    async def offload_candidates(
+        self, batch_id: str, now: float, max_length: int, limit: int, *, last: bool
+    ) -> list[tuple[int, int]]:
+        """(line, length) of up to ``limit`` pending requests no longer than ``max_length``,
+        in claim order (``last``: from the other end)."""
+
+    async def offload_oversized(
+        self, batch_id: str, now: float, max_length: int, limit: int
+    ) -> list[int]:
+        """Lines of pending requests longer than ``max_length``."""
+
+    async def take_lines(
+        self,
+        batch_id: str,
+        holder: str,
+        lease_until: float,
+        lines: Sequence[int],
+        chunk: Chunk | None = None,
+    ) -> list[tuple[int, int, str, int]]:
+        """Lease those of ``lines`` still pending to ``holder`` until ``lease_until``; with
+        ``chunk`` (whose ``lines`` is set to how many were taken), insert it and its lines in
+        the same transaction, unless none was taken. Returns (line, lease epoch, custom_id,
+        attempts) of each, in line order."""
+
+    async def chunk_lines(self, chunk_id: str) -> list[ChunkLine]:
+        """The requests the chunk holds, or held when it last recorded outcomes."""
+
+    async def save_chunk(self, chunk: Chunk) -> bool:
+        """Write what a step changed; False if the chunk's lease is no longer ``chunk``'s."""
+
+    async def claim_chunks(self, owner: str, now: float, lease: float, limit: int) -> list[Chunk]:
+        """Lease unfinished chunks whose lease ran out (their worker stopped or died)."""
+
+    async def renew_chunks(self, owner: str, lease_until: float) -> None: ...
+
+    async def release_chunks(self, owner: str | None) -> int:
+        """Let the chunks of ``owner`` (of everyone when None: at start-up, alone) be taken
+        over at once."""
+
+    async def chunk_results(self, chunk_id: str) -> list[tuple[int, bool]]:
+        """(line, succeeded) of the chunk's lines whose result came from it."""
+
+    async def finish_chunk(self, chunk: Chunk) -> bool:
+        """Save the chunk (its final counts) and forget its lines, in one transaction."""
+
+    async def offload_shares(self, batch_ids: Sequence[str]) -> dict[str, tuple[Offloaded, int]]:
+        """Per batch that has chunks: what each batch backend did, and the lines its open
+        chunks recorded so far."""
+
+    async def chunks_of(self, batch_id: str) -> list[Chunk]: ...
+
+
 class Store(
     Lifecycle,
     FileStore,
@@ -271,6 +327,7 @@ class Store(
     AccountStore,
     RetentionStore,
     BackendStatusStore,
+    OffloadStore,
     Protocol,
 ):
     """Everything the service and the engine keep: what both stores implement."""

@@ -187,7 +187,10 @@ UPDATE requests SET state = {state.pending}, lease_owner = NULL
 WHERE state = {state.leased} AND lease_owner = ?1
 
 -- name: release_all_requests
+-- Not the requests held by an offload chunk ('offload:<chunk id>'): the chunk outlives the
+-- process, and gives them back itself.
 UPDATE requests SET state = {state.pending}, lease_owner = NULL WHERE state = {state.leased}
+AND lease_owner NOT LIKE 'offload:%'
 
 -- name: drop_owner_batch_leases
 UPDATE batches SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?1
@@ -420,3 +423,96 @@ DELETE FROM backend_status WHERE owner = ?1 OR updated_at < ?2
 -- name: backend_statuses
 SELECT backend, owner, up, since, error, concurrency_limit, in_flight, updated_at
 FROM backend_status WHERE updated_at >= ?1 ORDER BY backend, owner
+
+-- === offload to hosted Batch APIs (lowtide.store.sqlite.offload) ============================
+-- A request held by a chunk is leased to 'offload:<chunk id>' until a far-away time: no
+-- reclaim, heartbeat or dispatcher touches it; the chunk's own lease is in offload_chunks.
+
+-- name: offload_candidates_first
+-- (batch_id, now, longest line, how many): pending lines that may go upstream, in claim order.
+SELECT line, length FROM requests INDEXED BY requests_by_state
+WHERE batch_id = ?1 AND state = {state.pending} AND not_before <= ?2 AND length <= ?3
+ORDER BY send_order, line LIMIT ?4
+
+-- name: offload_candidates_last
+-- As offload_candidates_first, from the other end: a spill takes the lines the HTTP backends
+-- would reach last, so that the two do not contend for the same rows.
+SELECT line, length FROM requests INDEXED BY requests_by_state
+WHERE batch_id = ?1 AND state = {state.pending} AND not_before <= ?2 AND length <= ?3
+ORDER BY send_order DESC, line DESC LIMIT ?4
+
+-- name: offload_oversized
+-- (batch_id, now, longest line, how many): pending lines too long for any upstream file.
+SELECT line FROM requests
+WHERE batch_id = ?1 AND state = {state.pending} AND not_before <= ?2 AND length > ?3
+LIMIT ?4
+
+-- name: offload_take
+-- (batch_id, holder, lease_until, lines as a JSON array): lease those still pending.
+UPDATE requests SET state = {state.leased}, lease_owner = ?2, lease_until = ?3,
+    lease_epoch = lease_epoch + 1
+WHERE batch_id = ?1 AND state = {state.pending} AND line IN (SELECT value FROM json_each(?4))
+RETURNING line, lease_epoch, custom_id, attempts
+
+-- name: offload_insert_chunk
+INSERT INTO offload_chunks (id, batch_id, backend, state, lines, price_factor,
+    completion_window, created_at, lease_owner, lease_epoch, lease_until, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+
+-- name: offload_insert_lines
+-- One row per line: (chunk_id, line, batch_id, epoch).
+INSERT INTO offload_lines (chunk_id, line, batch_id, epoch) VALUES (?1, ?2, ?3, ?4)
+
+-- name: offload_chunk_lines
+SELECT ol.line, r.custom_id, r.byte_offset, r.length, r.attempts, ol.epoch
+FROM offload_lines ol JOIN requests r ON r.batch_id = ol.batch_id AND r.line = ol.line
+WHERE ol.chunk_id = ?1 ORDER BY ol.line
+
+-- name: offload_save_chunk
+-- Everything a step changes; fenced by the chunk's lease (owner and epoch).
+UPDATE offload_chunks SET state = ?1, bytes = ?2, file_id = ?3, upstream_id = ?4,
+    upstream_status = ?5, output_file_id = ?6, error_file_id = ?7, creates = ?8,
+    cancel_sent = ?9, recorded = ?10, completed = ?11, failed = ?12, input_tokens = ?13,
+    cached_tokens = ?14, output_tokens = ?15, reasoning_tokens = ?16, error = ?17,
+    updated_at = ?18
+WHERE id = ?19 AND lease_owner = ?20 AND lease_epoch = ?21
+
+-- name: offload_claim_chunks
+-- (owner, lease_until, now, how many): unfinished chunks whose lease ran out.
+UPDATE offload_chunks SET lease_owner = ?1, lease_until = ?2, lease_epoch = lease_epoch + 1
+WHERE id IN (SELECT id FROM offload_chunks WHERE state <> 'done' AND lease_until < ?3
+             ORDER BY created_at LIMIT ?4)
+RETURNING *
+
+-- name: offload_renew_chunks
+UPDATE offload_chunks SET lease_until = ?2 WHERE lease_owner = ?1 AND state <> 'done'
+
+-- name: offload_release_chunks
+UPDATE offload_chunks SET lease_until = 0 WHERE lease_owner = ?1 AND state <> 'done'
+
+-- name: offload_release_all_chunks
+UPDATE offload_chunks SET lease_until = 0 WHERE state <> 'done'
+
+-- name: offload_chunk_results
+-- The lines whose result came from the chunk: final under the lease epoch the chunk held
+-- them with, with a rendered line (a line finalisation failed as never run has none).
+SELECT ol.line, r.state FROM offload_lines ol
+JOIN requests r ON r.batch_id = ol.batch_id AND r.line = ol.line
+WHERE ol.chunk_id = ?1 AND r.lease_epoch = ol.epoch
+  AND r.state IN ({state.succeeded}, {state.failed}) AND r.result IS NOT NULL
+
+-- name: offload_forget_lines
+DELETE FROM offload_lines WHERE chunk_id = ?1
+
+-- name: offload_shares
+-- Per batch, backend and price factor: lines with a result from its chunks, lines its open
+-- chunks hold and have not recorded yet, lines they recorded, tokens. {ids}: `?` marks.
+SELECT batch_id, backend, price_factor, SUM(completed), SUM(failed),
+    SUM(CASE WHEN state IN ('cleaning', 'done') THEN 0 ELSE lines - recorded END),
+    SUM(CASE WHEN state IN ('cleaning', 'done') THEN 0 ELSE recorded END),
+    SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens)
+FROM offload_chunks WHERE batch_id IN ({ids})
+GROUP BY batch_id, backend, price_factor ORDER BY batch_id, backend, price_factor
+
+-- name: offload_chunks_of
+SELECT * FROM offload_chunks WHERE batch_id = ?1 ORDER BY created_at, id

@@ -1,0 +1,70 @@
+"""What the offload tests of every tier share: a batch backend's config block, a submit with a
+window of one's choosing, result lines with what differs from run to run taken out, and the
+lines a fake Batch API ran."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import openai
+
+from tests.support.batches import MODEL, jsonl
+
+
+class HasBaseUrl(Protocol):
+    @property
+    def base_url(self) -> str: ...
+
+
+def batch_backend(api: HasBaseUrl, *, name: str = "hosted", **keys: Any) -> str:
+    """A ``[[backends]]`` block of kind ``batch`` serving ``MODEL`` from ``api``, polled every
+    50 ms, with a margin of a minute (``keys`` add or change keys)."""
+    settings: dict[str, Any] = {"poll_interval": 0.05, "deadline_margin": 60, **keys}
+    lines = "".join(f"{key} = {_toml(value)}\n" for key, value in settings.items())
+    return f"""
+[[backends]]
+name = "{name}"
+kind = "batch"
+base_url = "{api.base_url}"
+api_key = "EMPTY"
+models = ["{MODEL}"]
+{lines}"""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+async def submit(c: openai.AsyncOpenAI, lines: list[dict[str, Any]], window: str = "48h") -> Any:
+    """A batch of ``lines`` with ``window`` (48h by default: room for a 24h upstream window)."""
+    f = await c.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    return await c.batches.create(
+        input_file_id=f.id,
+        endpoint="/v1/chat/completions",
+        completion_window=window,  # type: ignore[arg-type]
+    )
+
+
+def comparable(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Result lines without what differs between two runs of one file: the line's id (from
+    the batch id), the request id, and the answer's own id and time."""
+    found = []
+    for line in results:
+        line = {**line, "id": None}
+        response = line.get("response")
+        if isinstance(response, dict):
+            body = response.get("body")
+            if isinstance(body, dict):
+                body = {k: v for k, v in body.items() if k not in ("id", "created")}
+            line["response"] = {**response, "request_id": None, "body": body}
+        found.append(line)
+    return sorted(found, key=lambda r: str(r["custom_id"]))
+
+
+def upstream_keys(api: Any) -> dict[str, int]:
+    """How many times each line (by its content) ran upstream, on an in-process fake."""
+    return dict(api.stats(per_key=True)["per_key"])
