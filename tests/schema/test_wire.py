@@ -27,6 +27,8 @@ from lowtide.service import batches
 # otherwise (counts, price), or never (owner, storage, internal state).
 BATCH_ONLY = {"account", "total", "completed", "failed", "pricing", "output_expires_after"}
 BATCH_ONLY |= {"end_status"}
+# The pace marks: the wire shows the pace read from them (``lines_per_minute``).
+BATCH_ONLY |= {"pace_at", "pace_done", "pace_prev_at", "pace_prev_done"}
 FILE_ONLY = {"account", "blob_key"}
 
 

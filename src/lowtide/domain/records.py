@@ -93,6 +93,21 @@ class BatchRecord:
     #: Not stored: the backend the batch waits for (every backend of its model is down), set
     #: by the service from the engines' reports when it answers.
     waiting_for: BackendView | None = None
+    #: The batch controls (``lowtide.domain.controls``): served before lower priorities; the
+    #: caps that stop it; why it stopped; since when it is paused (None: it is not).
+    priority: int = 0
+    max_cost: float | None = None
+    max_error_rate: float | None = None
+    stop_reason: str | None = None
+    paused_at: int | None = None
+    #: The pace marks the group commit keeps (``lowtide.domain.pace``).
+    pace_at: float = 0.0
+    pace_done: int = 0
+    pace_prev_at: float = 0.0
+    pace_prev_done: int = 0
+    #: Not stored: the pace and the estimated end, set by the service when it answers.
+    lines_per_minute: float | None = None
+    estimated_completion_at: int | None = None
 
     def to_api(self) -> JsonDict:
         return wire.batch_json(self)

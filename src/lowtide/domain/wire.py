@@ -202,7 +202,8 @@ class WaitingFor(BaseModel):
 
 class Batch(BaseModel):
     """A batch object: every key of the OpenAI Batch model, always present (null when not set),
-    then the extensions `model`, `usage`, `cost` and `waiting_for`."""
+    then the extensions `model`, `usage`, `cost`, `waiting_for` and the batch controls
+    (docs/extensions.md)."""
 
     id: ObjectId
     object: Literal["batch"]
@@ -229,6 +230,25 @@ class Batch(BaseModel):
     cost: Cost
     offloaded: OffloadedLines | None
     waiting_for: WaitingFor | None
+    priority: int = Field(description="Served before batches of lower priority (0 by default).")
+    max_cost: float | None = Field(
+        description="The batch stops once its cost reaches this (in `cost.currency`)."
+    )
+    max_error_rate: float | None = Field(
+        ge=0, le=1, description="The batch stops once more than this share of its lines fail."
+    )
+    paused_at: Timestamp | None = Field(description="Since when it is paused; null if it is not.")
+    stop_reason: str | None = Field(
+        description="Why a cancelled batch stopped: `max_cost`, `max_error_rate` or "
+        "`cancelled_by_user`.",
+        examples=["max_cost"],
+    )
+    lines_per_minute: float | None = Field(
+        ge=0, description="Lines ended per minute over the last minute or two, while it runs."
+    )
+    estimated_completion_at: Timestamp | None = Field(
+        description="When it should end at that pace; null until that can be told."
+    )
 
 
 usage_json: Callable[[Any], JsonDict] = renderer(
@@ -266,6 +286,59 @@ batch_json: Callable[[BatchRecord], JsonDict] = renderer(
     cost=_COST,
     offloaded=lambda b: _OFFLOADED(b.offloaded) if b.offloaded is not None else None,
     waiting_for=lambda b: _WAITING(b.waiting_for) if b.waiting_for is not None else None,
+    # A pause holds only while the batch is in progress (it may expire or be cancelled paused).
+    paused_at=lambda b: b.paused_at if b.status is Status.IN_PROGRESS else None,
+)
+
+# --------------------------------------------------------------------------- estimates
+
+
+class CostRange(BaseModel):
+    """What a batch would cost at the batch price: input tokens alone, and with every line's
+    output-token ceiling (null when some line has none)."""
+
+    min: float
+    max: float | None
+    currency: str
+
+
+class BatchEstimate(BaseModel):
+    """What a batch of the file would take, before it runs (a lowtide extension:
+    `POST /v1/batches/estimate`, docs/extensions.md)."""
+
+    object: Literal["batch.estimate"]
+    input_file_id: str
+    endpoint: str
+    model: str | None
+    errors: BatchErrors | None = Field(
+        description="What a batch of this file would fail validation with; null if valid."
+    )
+    lines: Count
+    input_tokens: Count | None
+    input_tokens_method: Literal["tokenize", "tokenize_sample", "characters", "test_model"] | None
+    tokenized_lines: Count = Field(description="Lines a backend's tokenizer counted.")
+    output_tokens_max: Count | None = Field(
+        description="The sum of the lines' output-token ceilings; null if some line has none."
+    )
+    lines_without_max_tokens: Count
+    cost: CostRange | None
+    lines_per_minute: float | None = Field(
+        ge=0, description="The recent pace of the model's backends, all batches together."
+    )
+    expected_seconds: float | None = Field(ge=0, description="Lines at that pace.")
+    note: str | None = Field(description="Why a figure is missing, or how it was reached.")
+
+
+_COST_RANGE = renderer(
+    CostRange,
+    min=attrgetter("cost_min"),
+    max=attrgetter("cost_max"),
+    currency=attrgetter("currency"),
+)
+estimate_json: Callable[[Any], JsonDict] = renderer(
+    BatchEstimate,
+    errors=lambda e: _ERRORS(e) if e.errors else None,
+    cost=lambda e: _COST_RANGE(e) if e.cost_min is not None else None,
 )
 
 # --------------------------------------------------------------------------- lists

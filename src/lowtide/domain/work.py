@@ -23,6 +23,14 @@ class ActiveBatch:
     endpoint: str
     input_blob_key: str
     expires_at: int
+    # What the serving order reads (``lowtide.domain.priority``). Left out of equality and
+    # hashing: they change from one look at the batches to the next, and the dispatcher keys
+    # its per-batch queues by the batch.
+    priority: int = field(default=0, compare=False)
+    #: Lines without a result yet.
+    remaining: int = field(default=0, compare=False)
+    #: Lines ended per second lately (``lowtide.domain.pace``); None: not known yet.
+    pace: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 
 from lowtide import metrics
 from lowtide.blobs import BlobStore
-from lowtide.domain import ids, lines
+from lowtide.domain import controls, ids, lines
 from lowtide.domain.records import BatchRecord, FileRecord
 from lowtide.domain.status import Status
 from lowtide.domain.work import RequestState, ResultRow
@@ -25,10 +25,6 @@ from lowtide.store import Store
 logger = logging.getLogger(__name__)
 
 SUCCEEDED = int(RequestState.SUCCEEDED)
-_UNRUN = {
-    Status.EXPIRED: (lines.EXPIRED_CODE, lines.EXPIRED_MESSAGE),
-    Status.CANCELLED: (lines.CANCELLED_CODE, lines.CANCELLED_MESSAGE),
-}
 
 
 async def finalize(
@@ -47,7 +43,7 @@ async def finalize(
     if batch is None:
         return None  # not ready, or another worker has it
     end = batch.end_status or Status.COMPLETED
-    unrun = _UNRUN.get(end)
+    unrun = controls.unrun_reason(end, batch.stop_reason)
     with metrics.FINALIZATION_SECONDS.time():
         files = await _write_files(store, blobs, batch, unrun, retention)
     code, message = unrun if unrun else (None, None)

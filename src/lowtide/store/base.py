@@ -4,7 +4,8 @@
 and ``lowtide.store.postgres``, chosen from the URL by ``open_store``); a caller that needs one
 use case only may name its part: ``FileStore``, ``BatchStore`` (the control plane),
 ``ValidationWork``, ``DispatchWork`` and ``FinalizationWork`` (the engine), ``AccountStore``
-(rate limits, API keys, idempotency keys), ``RetentionStore`` and ``BackendStatusStore``.
+(rate limits, API keys, idempotency keys), ``RetentionStore``, ``BackendStatusStore`` and
+``ControlStore`` (the batch controls).
 
 Every method that commits a request's result is fenced by the lease epoch, so a worker whose
 lease was taken over can never overwrite the newer owner's result.
@@ -17,7 +18,9 @@ from typing import Protocol
 
 from lowtide.domain.accounts import ApiKeyRecord, IdempotencyClaim, IdempotencyRecord
 from lowtide.domain.backends import BackendReport
+from lowtide.domain.controls import FailedRequest, ResultMarks
 from lowtide.domain.offload import Chunk, ChunkLine, Offloaded
+from lowtide.domain.pace import PaceRow
 from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -123,7 +126,8 @@ class DispatchWork(Protocol):
     """The engine's hot path: claim requests, commit their outcomes, keep leases."""
 
     async def active_batches(self) -> list[ActiveBatch]:
-        """Batches in progress, earliest deadline first."""
+        """Batches in progress and not paused, in serving order (``lowtide.domain.priority``:
+        urgent ones earliest deadline first, then by priority)."""
 
     async def claim_requests(
         self, batch_id: str, owner: str, limit: int, now: float, lease: float
@@ -182,8 +186,8 @@ class FinalizationWork(Protocol):
         """Give up the validation or finalisation lease of a batch (after a failure), so it
         is tried again at once rather than when the lease would have run out."""
 
-    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
-        """Every request of the batch in line order, in chunks."""
+    def iter_results(self, batch_id: str, after: int = 0) -> AsyncIterator[list[ResultRow]]:
+        """Every request of the batch after line ``after`` in line order, in chunks."""
 
     async def finish_finalization(
         self,
@@ -331,3 +335,36 @@ class Store(
     Protocol,
 ):
     """Everything the service and the engine keep: what both stores implement."""
+class ControlStore(Protocol):
+    """The batch controls (``lowtide.domain.controls``): pause, resume and stop a batch, read
+    its results so far and the lines that failed, retry them as a new batch, and the pace of
+    a model's backends."""
+
+    async def pause_batch(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
+        """Pause an in_progress batch of ``account`` (a paused one keeps its ``paused_at``);
+        return the batch as it is now, paused or not (None: no such batch)."""
+
+    async def resume_batch(self, account: str, batch_id: str) -> BatchRecord | None:
+        """Resume an in_progress batch of ``account``; return the batch as it is now."""
+
+    async def stop_batch(self, batch_id: str, reason: str, now: int) -> bool:
+        """Stop a validating or in_progress batch like a cancel, with ``reason`` as its
+        ``stop_reason``; False if it was past that."""
+
+    async def result_marks(self, batch_id: str, after: int) -> ResultMarks:
+        """Where the batch's results stand after line ``after``."""
+
+    def failed_requests(self, batch_id: str) -> AsyncIterator[list[FailedRequest]]:
+        """The requests of the batch that ended in error, in line order, in chunks."""
+
+    async def create_retry(
+        self, file: FileRecord, batch: BatchRecord, idempotency: IdempotencyClaim | None
+    ) -> IdempotencyRecord | None:
+        """Insert the new input file and the new batch in one transaction (with the key, as
+        ``create_batch``); if the key is held already, insert nothing and return it."""
+
+    async def model_paces(self, model: str, since: int) -> list[PaceRow]:
+        """The pace marks of the model's batches that ended lines at or after ``since``."""
+
+
+    ControlStore,

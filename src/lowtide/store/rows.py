@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from lowtide.domain import ids, lines
+from lowtide.domain import ids, lines, pace, priority
 from lowtide.domain.records import BatchRecord, FileRecord, Pricing, Usage
 from lowtide.domain.status import Status
-from lowtide.domain.work import RETRY, SUCCEEDED, Outcome, RequestState, ResultRow
+from lowtide.domain.work import RETRY, SUCCEEDED, ActiveBatch, Outcome, RequestState, ResultRow
 
 _BATCH_TIMES = (
     "in_progress_at",
@@ -21,6 +21,20 @@ _BATCH_TIMES = (
     "expired_at",
     "cancelling_at",
     "cancelled_at",
+)
+
+
+#: Columns of the batch controls read as they are (``lowtide.domain.controls``, ``.pace``).
+_CONTROLS = (
+    "priority",
+    "max_cost",
+    "max_error_rate",
+    "stop_reason",
+    "paused_at",
+    "pace_at",
+    "pace_done",
+    "pace_prev_at",
+    "pace_prev_done",
 )
 
 
@@ -86,6 +100,9 @@ BATCH_COLUMNS = (
     "currency",
     "output_expires_after",
     *_BATCH_TIMES,
+    "priority",
+    "max_cost",
+    "max_error_rate",
 )
 
 
@@ -122,6 +139,9 @@ def batch_params(r: BatchRecord) -> tuple[Any, ...]:
         r.pricing.currency,
         r.output_expires_after,
         *(getattr(r, name) for name in _BATCH_TIMES),
+        r.priority,
+        r.max_cost,
+        r.max_error_rate,
     )
 
 
@@ -150,7 +170,28 @@ def batch_from_row(row: Mapping[str, Any]) -> BatchRecord:
         pricing=Pricing(row["input_price"], row["output_price"], row["discount"], row["currency"]),
         output_expires_after=row["output_expires_after"],
         **{name: row[name] for name in _BATCH_TIMES},
+        **{name: row[name] for name in _CONTROLS},
     )
+
+
+def active_batches(found: Iterable[Sequence[Any]], now: float) -> list[ActiveBatch]:
+    """The rows of the ``active`` statement as batches, in serving order
+    (``lowtide.domain.priority``)."""
+    batches = [
+        ActiveBatch(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4] or input_blob_key(r[6]),
+            r[5],
+            priority=r[7],
+            remaining=r[8] - r[9],
+            pace=pace.per_second(r[10], r[9], r[11], r[12], r[13], r[14], now),
+        )
+        for r in found
+    ]
+    return priority.serve_order(batches, now)
 
 
 def _json_or_none(text: str | bytes | None) -> Any:
@@ -207,11 +248,11 @@ class ChunkSize:
 
 
 async def result_chunks(
-    fetch: Callable[[int, int], Awaitable[list[ResultRow]]],
+    fetch: Callable[[int, int], Awaitable[list[ResultRow]]], after: int = 0
 ) -> AsyncIterator[list[ResultRow]]:
-    """A batch's result rows in line order, a chunk at a time: ``fetch(after_line, limit)``
-    reads the next rows of one store, sized by ``ChunkSize``."""
-    last, size = 0, ChunkSize()
+    """A batch's result rows after line ``after`` in line order, a chunk at a time:
+    ``fetch(after_line, limit)`` reads the next rows of one store, sized by ``ChunkSize``."""
+    last, size = after, ChunkSize()
     while chunk := await fetch(last, size.rows):
         yield chunk
         last = chunk[-1][0]

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from lowtide.store.postgres.backends import BackendStatus
 from lowtide.store.postgres.control import ControlPlane
+from lowtide.store.postgres.controls import ControlWork
 from lowtide.store.postgres.db import load_asyncpg
 from lowtide.store.postgres.engine import EngineWork
 from lowtide.store.postgres.offload import OffloadWork
 
 
-class PostgresStore(ControlPlane, EngineWork, BackendStatus, OffloadWork):
+class PostgresStore(ControlWork, ControlPlane, EngineWork, BackendStatus, OffloadWork):
     """The ``Store`` on a PostgreSQL database, shared by a fleet."""
 
 

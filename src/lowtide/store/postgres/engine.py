@@ -3,12 +3,13 @@ slots) and finalisation (``ValidationWork``, ``DispatchWork``, ``FinalizationWor
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import orjson
 
-from lowtide.domain import lines
+from lowtide.domain import lines, pace
 from lowtide.domain.records import BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -95,10 +96,7 @@ class EngineWork(Database):
     # --- dispatch ----------------------------------------------------------------------------
 
     async def active_batches(self) -> list[ActiveBatch]:
-        return [
-            ActiveBatch(r[0], r[1], r[2], r[3], r[4] or rows.input_blob_key(r[6]), r[5])
-            for r in await self._pool.fetch(self.q["active"])
-        ]
+        return rows.active_batches(await self._pool.fetch(self.q["active"]), time.time())
 
     async def claim_requests(
         self, batch_id: str, owner: str, limit: int, now: float, lease: float
@@ -116,7 +114,8 @@ class EngineWork(Database):
         arrays = _outcome_arrays(outcomes)
 
         async def record(conn: Any) -> list[str]:
-            return [r[0] for r in await conn.fetch(self.q["record_outcomes"], *arrays) if r[1]]
+            found = await conn.fetch(self.q["record_outcomes"], *arrays, now, pace.WINDOW)
+            return [r[0] for r in found if r[1]]
 
         # One statement (one round trip, atomic by itself): no explicit transaction needed.
         return await self._run(record, transaction=False)
@@ -209,13 +208,13 @@ class EngineWork(Database):
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._pool.execute(self.q["drop_batch_lease"], batch_id, owner)
 
-    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+    def iter_results(self, batch_id: str, after: int = 0) -> AsyncIterator[list[ResultRow]]:
         async def fetch(after_line: int, limit: int) -> list[ResultRow]:
             result = await self._pool.fetch(self.q["results"], batch_id, after_line, limit)
             # asyncpg's records unpack like the tuples a ResultRow is: no copy per row.
             return cast(list[ResultRow], result)
 
-        return rows.result_chunks(fetch)
+        return rows.result_chunks(fetch, after)
 
     async def finish_finalization(
         self,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from lowtide.store.sqlite.backends import BackendStatus
 from lowtide.store.sqlite.control import ControlPlane
+from lowtide.store.sqlite.controls import ControlWork
 from lowtide.store.sqlite.engine import EngineWork
 from lowtide.store.sqlite.offload import OffloadWork
 
 
-class SQLiteStore(ControlPlane, EngineWork, BackendStatus, OffloadWork):
+class SQLiteStore(ControlWork, ControlPlane, EngineWork, BackendStatus, OffloadWork):
     """The ``Store`` on one SQLite file."""
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
-from lowtide.domain import lines
+from lowtide.domain import lines, pace
 from lowtide.domain.records import BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
@@ -96,10 +97,7 @@ class EngineWork(Database):
 
     async def active_batches(self) -> list[ActiveBatch]:
         def fetch(c: sqlite3.Connection) -> list[ActiveBatch]:
-            return [
-                ActiveBatch(r[0], r[1], r[2], r[3], r[4] or rows.input_blob_key(r[6]), r[5])
-                for r in c.execute(self.q["active"])
-            ]
+            return rows.active_batches(c.execute(self.q["active"]), time.time())
 
         return await self._read(fetch)
 
@@ -128,7 +126,7 @@ class EngineWork(Database):
             for outcome in applied:
                 touched.setdefault(outcome.batch_id, rows.BatchDelta()).add(outcome)
             for batch_id, delta in touched.items():
-                c.execute(self.q["add_to_batch"], (*delta.params(), batch_id))
+                c.execute(self.q["add_to_batch"], (*delta.params(), batch_id, now, pace.WINDOW))
             if not touched:
                 return []
             sql = queries.fill(self.q["finished_batches"], ids=",".join("?" * len(touched)))
@@ -246,7 +244,7 @@ class EngineWork(Database):
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._write(lambda c: c.execute(self.q["drop_batch_lease"], (batch_id, owner)))
 
-    def iter_results(self, batch_id: str) -> AsyncIterator[list[ResultRow]]:
+    def iter_results(self, batch_id: str, after: int = 0) -> AsyncIterator[list[ResultRow]]:
         def chunk(c: sqlite3.Connection, after_line: int, limit: int) -> list[ResultRow]:
             cursor = c.cursor()
             cursor.row_factory = None  # plain tuples: they are the ResultRow
@@ -258,7 +256,7 @@ class EngineWork(Database):
         async def fetch(after_line: int, limit: int) -> list[ResultRow]:
             return await self._read(lambda c: chunk(c, after_line, limit))
 
-        return rows.result_chunks(fetch)
+        return rows.result_chunks(fetch, after)
 
     async def finish_finalization(
         self,

@@ -61,9 +61,10 @@ INSERT INTO batches (id, account, endpoint, input_file_id, completion_window, st
     error_file_id, errors, total, completed, failed, input_tokens, cached_tokens, output_tokens,
     reasoning_tokens, input_price, output_price, discount, currency, output_expires_after,
     in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at,
-    cancelled_at)
+    cancelled_at, priority, max_cost, max_error_rate)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::json, $10, $11, $12, $13, $14, $15::json, $16, $17,
-    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)
+    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
+    $36, $37)
 
 -- name: get_batch
 SELECT * FROM batches WHERE id = $1
@@ -80,7 +81,7 @@ AND status NOT IN {statuses.terminal}
 -- The batch as it is after the cancel, or as it was if it could not be cancelled.
 WITH moved AS (
     UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
-        cancelling_at = $1
+        cancelling_at = $1, stop_reason = 'cancelled_by_user'
     WHERE id = $2 AND account = $3 AND status IN {from.cancelling}
     RETURNING *)
 SELECT * FROM moved
@@ -97,8 +98,8 @@ RETURNING *
 
 -- name: start_batch
 WITH moved AS (
-    UPDATE batches SET status = {status.in_progress}, in_progress_at = $1, model = $2,
-        total = $3, input_price = $4, output_price = $5, discount = $6, currency = $7,
+    UPDATE batches SET status = {status.in_progress}, in_progress_at = $1,
+        pace_at = $1::bigint, model = $2, total = $3, input_price = $4, output_price = $5, discount = $6, currency = $7,
         lease_owner = NULL, lease_until = 0
     WHERE id = $8 AND lease_owner = $9 AND status IN {from.in_progress}
     RETURNING 1)
@@ -124,9 +125,13 @@ DELETE FROM requests WHERE batch_id = $1
 -- === engine: dispatch ========================================================================
 
 -- name: active
-SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id
+-- Batches in progress and not paused, earliest deadline first, with what the serving order
+-- reads (the store puts them in that order: lowtide.domain.priority).
+SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id,
+    b.priority, b.total, b.completed + b.failed, b.in_progress_at, b.pace_at, b.pace_done,
+    b.pace_prev_at, b.pace_prev_done
 FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
-WHERE b.status = {status.in_progress} ORDER BY b.expires_at, b.seq
+WHERE b.status = {status.in_progress} AND b.paused_at IS NULL ORDER BY b.expires_at, b.seq
 
 -- name: claimable_requests
 -- absent: claim_requests returns the rows it claims.
@@ -148,7 +153,9 @@ RETURNING r.line, r.custom_id, r.byte_offset, r.length, r.attempts, r.lease_epoc
 -- name: record_outcomes
 -- The group commit, in one statement: lock the rows in key order, apply each outcome whose
 -- lease is still the current one (the fence), add what applied to its batch's counters,
--- and say which batches now have every request done.
+-- and say which batches now have every request done. $16 is the time of the commit; the
+-- counters may stop a batch (the trigger batches_stop_at_caps), and the pace marks move on as
+-- add_to_batch says in the SQLite store ($17 is the window, lowtide.domain.pace).
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::int[],
         $6::text[], $7::bytea[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
@@ -194,7 +201,13 @@ UPDATE batches b SET
     input_tokens = b.input_tokens + d.input_tokens,
     cached_tokens = b.cached_tokens + d.cached_tokens,
     output_tokens = b.output_tokens + d.output_tokens,
-    reasoning_tokens = b.reasoning_tokens + d.reasoning
+    reasoning_tokens = b.reasoning_tokens + d.reasoning,
+    counted_at = $16::bigint,
+    pace_prev_at = CASE WHEN $16 - b.pace_at >= $17 THEN b.pace_at ELSE b.pace_prev_at END,
+    pace_prev_done = CASE WHEN $16 - b.pace_at >= $17 THEN b.pace_done ELSE b.pace_prev_done END,
+    pace_done = CASE WHEN $16 - b.pace_at >= $17
+        THEN b.completed + b.failed + d.completed + d.failed ELSE b.pace_done END,
+    pace_at = CASE WHEN $16 - b.pace_at >= $17 THEN $16 ELSE b.pace_at END
 FROM delta d JOIN locked_batches lb ON lb.id = d.batch_id
 WHERE b.id = d.batch_id
 RETURNING b.id, b.completed + b.failed >= b.total
@@ -403,6 +416,60 @@ RETURNING count
 
 -- name: insert_api_key
 INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
+-- === batch controls (lowtide.domain.controls): pause, stop, results so far, retries =====
+
+-- name: pause
+-- The batch as it is after the pause, or as it was if it could not be paused. A batch
+-- paused again keeps its first paused_at.
+WITH moved AS (
+    UPDATE batches SET paused_at = COALESCE(paused_at, $1)
+    WHERE id = $2 AND account = $3 AND status = {status.in_progress}
+    RETURNING *)
+SELECT * FROM moved
+UNION ALL
+SELECT * FROM batches WHERE id = $2 AND account = $3 AND NOT EXISTS (SELECT 1 FROM moved)
+
+-- name: resume
+WITH moved AS (
+    UPDATE batches SET paused_at = NULL
+    WHERE id = $1 AND account = $2 AND status = {status.in_progress}
+    RETURNING *)
+SELECT * FROM moved
+UNION ALL
+SELECT * FROM batches WHERE id = $1 AND account = $2 AND NOT EXISTS (SELECT 1 FROM moved)
+
+-- name: stop
+-- (now, reason, batch id): stop a batch like a cancel, saying why.
+WITH moved AS (
+    UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
+        cancelling_at = $1, stop_reason = $2
+    WHERE id = $3 AND status IN {from.cancelling}
+    RETURNING 1)
+SELECT COUNT(*) FROM moved
+
+-- name: result_marks
+-- (batch id, after): after line $2, the first line with no result yet (NULL: none), and the
+-- last line that has one, of each kind (output, error).
+SELECT (SELECT MIN(line) FROM requests WHERE batch_id = $1 AND line > $2
+            AND state IN ({state.pending}, {state.leased})),
+    (SELECT MAX(line) FROM requests WHERE batch_id = $1 AND line > $2
+        AND state = {state.succeeded}),
+    (SELECT MAX(line) FROM requests WHERE batch_id = $1 AND line > $2
+        AND state = {state.failed})
+
+-- name: failed_requests
+-- (batch id, after line, limit): a batch's requests that ended in error, in line order: where
+-- each lies in the input file, and its error code as its error line has it.
+SELECT line, byte_offset, length, COALESCE(error_code, 'http_' || status_code)
+FROM requests WHERE batch_id = $1 AND line > $2 AND state = {state.failed}
+ORDER BY line LIMIT $3
+
+-- name: model_paces
+-- (model, since): the pace marks of the model's batches that ended lines since $2.
+SELECT status, in_progress_at, completed + failed, pace_at, pace_done, pace_prev_at,
+    pace_prev_done, counted_at
+FROM batches WHERE model = $1 AND counted_at >= $2
+
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 
 -- name: find_api_key

@@ -57,7 +57,19 @@ CREATE TABLE batches (
     currency             text NOT NULL,
     output_expires_after bigint,
     lease_owner          text,              -- who validates or finalises the batch
-    lease_until          double precision NOT NULL DEFAULT 0
+    lease_until          double precision NOT NULL DEFAULT 0,
+    -- the batch controls (lowtide.domain.controls): served before lower priorities; the caps
+    -- that stop it, and why it stopped; since when it is paused
+    priority             integer NOT NULL DEFAULT 0,
+    max_cost             double precision,
+    max_error_rate       double precision,
+    stop_reason          text,
+    paused_at            bigint,
+    counted_at           bigint,            -- the last group commit that added to the counters
+    pace_at              double precision NOT NULL DEFAULT 0,  -- the pace marks (domain.pace)
+    pace_done            integer NOT NULL DEFAULT 0,
+    pace_prev_at         double precision NOT NULL DEFAULT 0,
+    pace_prev_done       integer NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX batches_seq ON batches (seq);
 CREATE INDEX batches_by_account ON batches (account, seq);
@@ -132,7 +144,7 @@ CREATE TABLE api_keys (
 -- the object, with the first response, which a retry gets back for 24 hours.
 CREATE TABLE idempotency_keys (
     account      text NOT NULL,
-    kind         text NOT NULL CHECK (kind IN ('file', 'batch')),
+    kind         text NOT NULL CHECK (kind IN ('file', 'batch', 'retry')),
     key          text NOT NULL,
     fingerprint  text NOT NULL,           -- SHA-256 of the canonical request parameters
     response     json NOT NULL,           -- json, not jsonb: replayed byte for byte in order
@@ -203,4 +215,39 @@ CREATE TABLE backend_status (
     in_flight          integer NOT NULL,
     updated_at         double precision NOT NULL,
     PRIMARY KEY (backend, owner)
+-- A cap is judged where the group commit adds to the counters: a batch in progress, with
+-- lines left, whose cost reached max_cost, or (once 100 lines ended) whose failed lines are
+-- more than max_error_rate of those ended, stops like a cancel in the same statement
+-- (lowtide.domain.controls.cap_crossed says the same in Python; a test holds them together).
+-- Only a move that batch_moves allows is made (batches_status_moves does not see it: the
+-- statement does not set the status itself).
+CREATE FUNCTION batches_stop_at_caps() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> {status.in_progress} OR NEW.completed + NEW.failed >= NEW.total
+        OR NOT EXISTS (SELECT 1 FROM batch_moves
+                       WHERE src = NEW.status AND dst = {status.cancelling}) THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.max_cost IS NOT NULL AND round(((NEW.input_tokens * NEW.input_price
+            + NEW.output_tokens * NEW.output_price) * NEW.discount / 1000000)::numeric, 10)
+            >= NEW.max_cost THEN
+        NEW.stop_reason := 'max_cost';
+    ELSIF NEW.max_error_rate IS NOT NULL AND NEW.completed + NEW.failed >= 100
+            AND NEW.failed > NEW.max_error_rate * (NEW.completed + NEW.failed) THEN
+        NEW.stop_reason := 'max_error_rate';
+    ELSE
+        RETURN NEW;
+    END IF;
+    NEW.status := {status.cancelling};
+    NEW.end_status := {status.cancelled};
+    NEW.cancelling_at := COALESCE(NEW.counted_at, extract(epoch FROM now())::bigint);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER batches_stop_at_caps BEFORE UPDATE OF completed, failed, input_tokens,
+    output_tokens ON batches
+FOR EACH ROW WHEN (NEW.max_cost IS NOT NULL OR NEW.max_error_rate IS NOT NULL)
+EXECUTE FUNCTION batches_stop_at_caps();
+
 );

@@ -56,9 +56,9 @@ INSERT INTO batches (id, account, endpoint, input_file_id, completion_window, st
     error_file_id, errors, total, completed, failed, input_tokens, cached_tokens, output_tokens,
     reasoning_tokens, input_price, output_price, discount, currency, output_expires_after,
     in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at,
-    cancelled_at, seq)
+    cancelled_at, priority, max_cost, max_error_rate, seq)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+    ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37,
     (SELECT COALESCE(MAX(seq), 0) + 1 FROM batches))
 
 -- name: get_batch
@@ -75,7 +75,7 @@ AND status NOT IN {statuses.terminal}
 -- name: cancel
 -- The store reads the batch back afterwards, moved or not (get_batch).
 UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
-    cancelling_at = ?1
+    cancelling_at = ?1, stop_reason = 'cancelled_by_user'
 WHERE id = ?2 AND account = ?3 AND status IN {from.cancelling}
 
 -- === engine: validation ======================================================================
@@ -87,8 +87,8 @@ WHERE id = (SELECT id FROM batches WHERE status = {status.validating} AND lease_
 RETURNING *
 
 -- name: start_batch
-UPDATE batches SET status = {status.in_progress}, in_progress_at = ?1, model = ?2,
-    total = ?3, input_price = ?4, output_price = ?5, discount = ?6, currency = ?7,
+UPDATE batches SET status = {status.in_progress}, in_progress_at = ?1, pace_at = ?1,
+    model = ?2, total = ?3, input_price = ?4, output_price = ?5, discount = ?6, currency = ?7,
     lease_owner = NULL, lease_until = 0
 WHERE id = ?8 AND lease_owner = ?9 AND status IN {from.in_progress}
 
@@ -110,9 +110,13 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 -- === engine: dispatch ========================================================================
 
 -- name: active
-SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id
+-- Batches in progress and not paused, earliest deadline first, with what the serving order
+-- reads (the store puts them in that order: lowtide.domain.priority).
+SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id,
+    b.priority, b.total, b.completed + b.failed, b.in_progress_at, b.pace_at, b.pace_done,
+    b.pace_prev_at, b.pace_prev_done
 FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
-WHERE b.status = {status.in_progress} ORDER BY b.expires_at, b.seq
+WHERE b.status = {status.in_progress} AND b.paused_at IS NULL ORDER BY b.expires_at, b.seq
 
 -- name: claimable_requests
 -- The rows claim_requests takes next (same parameters), as one JSON array: in the same
@@ -167,9 +171,19 @@ UPDATE requests SET state = {state.pending}, lease_owner = NULL, not_before = ?1
 WHERE batch_id = ?3 AND line = ?4 AND lease_epoch = ?5 AND state = {state.leased}
 
 -- name: add_to_batch
+-- A group's counts (which may stop the batch: the trigger batches_stop_at_caps), the time
+-- of the commit (?8), and the pace marks (lowtide.domain.pace): at the first commit ?9
+-- seconds or more after the current mark opened, that mark becomes the previous one and a
+-- new one opens now, with the lines ended so far.
 UPDATE batches SET completed = completed + ?1, failed = failed + ?2,
     input_tokens = input_tokens + ?3, cached_tokens = cached_tokens + ?4,
-    output_tokens = output_tokens + ?5, reasoning_tokens = reasoning_tokens + ?6
+    output_tokens = output_tokens + ?5, reasoning_tokens = reasoning_tokens + ?6,
+    counted_at = ?8,
+    pace_prev_at = CASE WHEN ?8 - pace_at >= ?9 THEN pace_at ELSE pace_prev_at END,
+    pace_prev_done = CASE WHEN ?8 - pace_at >= ?9 THEN pace_done ELSE pace_prev_done END,
+    pace_done = CASE WHEN ?8 - pace_at >= ?9 THEN completed + failed + ?1 + ?2
+        ELSE pace_done END,
+    pace_at = CASE WHEN ?8 - pace_at >= ?9 THEN ?8 ELSE pace_at END
 WHERE id = ?7
 
 -- name: finished_batches
@@ -329,6 +343,47 @@ ON CONFLICT (key, minute) DO UPDATE SET count = count + 1
 RETURNING count
 
 -- name: insert_api_key
+-- === batch controls (lowtide.domain.controls): pause, stop, results so far, retries =====
+
+-- name: pause
+-- The store reads the batch back afterwards, paused or not (get_batch). A batch paused again
+-- keeps its first paused_at.
+UPDATE batches SET paused_at = COALESCE(paused_at, ?1)
+WHERE id = ?2 AND account = ?3 AND status = {status.in_progress}
+
+-- name: resume
+UPDATE batches SET paused_at = NULL
+WHERE id = ?1 AND account = ?2 AND status = {status.in_progress}
+
+-- name: stop
+-- (now, reason, batch id): stop a batch like a cancel, saying why.
+UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
+    cancelling_at = ?1, stop_reason = ?2
+WHERE id = ?3 AND status IN {from.cancelling}
+
+-- name: result_marks
+-- (batch id, after): after line ?2, the first line with no result yet (NULL: none), and the
+-- last line that has one, of each kind (output, error).
+SELECT (SELECT MIN(line) FROM requests WHERE batch_id = ?1 AND line > ?2
+            AND state IN ({state.pending}, {state.leased})),
+    (SELECT MAX(line) FROM requests WHERE batch_id = ?1 AND line > ?2
+        AND state = {state.succeeded}),
+    (SELECT MAX(line) FROM requests WHERE batch_id = ?1 AND line > ?2
+        AND state = {state.failed})
+
+-- name: failed_requests
+-- (batch id, after line, limit): a batch's requests that ended in error, in line order: where
+-- each lies in the input file, and its error code as its error line has it.
+SELECT line, byte_offset, length, COALESCE(error_code, 'http_' || status_code)
+FROM requests WHERE batch_id = ?1 AND line > ?2 AND state = {state.failed}
+ORDER BY line LIMIT ?3
+
+-- name: model_paces
+-- (model, since): the pace marks of the model's batches that ended lines since ?2.
+SELECT status, in_progress_at, completed + failed, pace_at, pace_done, pace_prev_at,
+    pace_prev_done, counted_at
+FROM batches WHERE model = ?1 AND counted_at >= ?2
+
 INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 

@@ -55,7 +55,19 @@ CREATE TABLE batches (
     currency             TEXT NOT NULL,
     output_expires_after INTEGER,
     lease_owner          TEXT,              -- who validates or finalises the batch
-    lease_until          REAL NOT NULL DEFAULT 0
+    lease_until          REAL NOT NULL DEFAULT 0,
+    -- the batch controls (lowtide.domain.controls): served before lower priorities; the caps
+    -- that stop it, and why it stopped; since when it is paused
+    priority             INTEGER NOT NULL DEFAULT 0,
+    max_cost             REAL,
+    max_error_rate       REAL,
+    stop_reason          TEXT,
+    paused_at            INTEGER,
+    counted_at           INTEGER,           -- the last group commit that added to the counters
+    pace_at              REAL NOT NULL DEFAULT 0,     -- the pace marks (lowtide.domain.pace)
+    pace_done            INTEGER NOT NULL DEFAULT 0,
+    pace_prev_at         REAL NOT NULL DEFAULT 0,
+    pace_prev_done       INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX batches_seq ON batches (seq);
 CREATE INDEX batches_by_account ON batches (account, seq);
@@ -108,7 +120,7 @@ CREATE TABLE api_keys (
 -- Idempotency-Key of file uploads and batch creates: the first response, replayed for 24 h.
 CREATE TABLE idempotency_keys (
     account      TEXT NOT NULL,
-    kind         TEXT NOT NULL,            -- 'file' or 'batch'
+    kind         TEXT NOT NULL,            -- 'file', 'batch' or 'retry'
     key          TEXT NOT NULL,
     fingerprint  TEXT NOT NULL,            -- SHA-256 of the canonical request parameters
     response     TEXT NOT NULL,            -- the first response (JSON)
@@ -184,4 +196,25 @@ CREATE TABLE backend_status (
     in_flight          INTEGER NOT NULL,
     updated_at         REAL NOT NULL,
     PRIMARY KEY (backend, owner)
+-- A cap is judged where the group commit adds to the counters: a batch in progress, with
+-- lines left, whose cost reached max_cost, or (once 100 lines ended) whose failed lines are
+-- more than max_error_rate of those ended, stops like a cancel in the same transaction
+-- (lowtide.domain.controls.cap_crossed says the same in Python; a test holds them together).
+-- The status move is checked by batches_status_moves, as any other.
+CREATE TRIGGER batches_stop_at_caps AFTER UPDATE OF completed, failed, input_tokens,
+    output_tokens ON batches
+WHEN NEW.status = {status.in_progress} AND NEW.completed + NEW.failed < NEW.total AND (
+    (NEW.max_cost IS NOT NULL AND ROUND((NEW.input_tokens * NEW.input_price
+        + NEW.output_tokens * NEW.output_price) * NEW.discount / 1000000.0, 10) >= NEW.max_cost)
+    OR (NEW.max_error_rate IS NOT NULL AND NEW.completed + NEW.failed >= 100
+        AND NEW.failed > NEW.max_error_rate * (NEW.completed + NEW.failed)))
+BEGIN
+    UPDATE batches SET status = {status.cancelling}, end_status = {status.cancelled},
+        cancelling_at = COALESCE(NEW.counted_at, CAST(strftime('%s', 'now') AS INTEGER)),
+        stop_reason = CASE WHEN NEW.max_cost IS NOT NULL AND ROUND((NEW.input_tokens
+            * NEW.input_price + NEW.output_tokens * NEW.output_price) * NEW.discount
+            / 1000000.0, 10) >= NEW.max_cost THEN 'max_cost' ELSE 'max_error_rate' END
+    WHERE id = NEW.id;
+END;
+
 );
