@@ -321,20 +321,6 @@ class OffloadStore(Protocol):
     async def chunks_of(self, batch_id: str) -> list[Chunk]: ...
 
 
-class Store(
-    Lifecycle,
-    FileStore,
-    BatchStore,
-    ValidationWork,
-    DispatchWork,
-    FinalizationWork,
-    AccountStore,
-    RetentionStore,
-    BackendStatusStore,
-    OffloadStore,
-    Protocol,
-):
-    """Everything the service and the engine keep: what both stores implement."""
 class ControlStore(Protocol):
     """The batch controls (``lowtide.domain.controls``): pause, resume and stop a batch, read
     its results so far and the lines that failed, retry them as a new batch, and the pace of
@@ -367,4 +353,18 @@ class ControlStore(Protocol):
         """The pace marks of the model's batches that ended lines at or after ``since``."""
 
 
+class Store(
+    Lifecycle,
+    FileStore,
+    BatchStore,
+    ValidationWork,
+    DispatchWork,
+    FinalizationWork,
+    AccountStore,
+    RetentionStore,
+    BackendStatusStore,
+    OffloadStore,
     ControlStore,
+    Protocol,
+):
+    """Everything the service and the engine keep: what both stores implement."""

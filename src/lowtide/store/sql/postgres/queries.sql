@@ -393,29 +393,6 @@ WITH moved AS (
     RETURNING 1)
 SELECT COUNT(*) FROM moved
 
--- === operations ==============================================================================
-
--- name: status_counts
-SELECT status, COUNT(*) FROM batches GROUP BY status
-
--- name: lines_pending
-SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches
-WHERE status IN ({status.in_progress}, {status.cancelling}, {status.finalizing})
-
--- === accounts: rate limits, API keys, idempotency keys =======================================
-
--- name: forget_rate_minutes
--- absent: rate_limit_hit forgets finished minutes in the same statement.
-
--- name: rate_limit_hit
--- Forget finished minutes and count this hit, in one statement.
-WITH gone AS (DELETE FROM rate_limits WHERE minute < $2 - 1)
-INSERT INTO rate_limits AS t (key, minute, count) VALUES ($1, $2, 1)
-ON CONFLICT (key, minute) DO UPDATE SET count = t.count + 1
-RETURNING count
-
--- name: insert_api_key
-INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
 -- === batch controls (lowtide.domain.controls): pause, stop, results so far, retries =====
 
 -- name: pause
@@ -470,6 +447,29 @@ SELECT status, in_progress_at, completed + failed, pace_at, pace_done, pace_prev
     pace_prev_done, counted_at
 FROM batches WHERE model = $1 AND counted_at >= $2
 
+-- === operations ==============================================================================
+
+-- name: status_counts
+SELECT status, COUNT(*) FROM batches GROUP BY status
+
+-- name: lines_pending
+SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches
+WHERE status IN ({status.in_progress}, {status.cancelling}, {status.finalizing})
+
+-- === accounts: rate limits, API keys, idempotency keys =======================================
+
+-- name: forget_rate_minutes
+-- absent: rate_limit_hit forgets finished minutes in the same statement.
+
+-- name: rate_limit_hit
+-- Forget finished minutes and count this hit, in one statement.
+WITH gone AS (DELETE FROM rate_limits WHERE minute < $2 - 1)
+INSERT INTO rate_limits AS t (key, minute, count) VALUES ($1, $2, 1)
+ON CONFLICT (key, minute) DO UPDATE SET count = t.count + 1
+RETURNING count
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 
 -- name: find_api_key

@@ -203,18 +203,6 @@ CREATE TRIGGER batches_status_moves BEFORE UPDATE OF status ON batches
 FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION batches_status_move();
 
--- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
--- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
-CREATE TABLE backend_status (
-    backend            text NOT NULL,
-    owner              text NOT NULL,
-    up                 boolean NOT NULL,
-    since              double precision NOT NULL,  -- when it last went up or down (Unix seconds)
-    error              text,  -- why it went down (kept after it is back)
-    concurrency_limit  integer NOT NULL,  -- requests this engine may have in flight to it now
-    in_flight          integer NOT NULL,
-    updated_at         double precision NOT NULL,
-    PRIMARY KEY (backend, owner)
 -- A cap is judged where the group commit adds to the counters: a batch in progress, with
 -- lines left, whose cost reached max_cost, or (once 100 lines ended) whose failed lines are
 -- more than max_error_rate of those ended, stops like a cancel in the same statement
@@ -250,4 +238,16 @@ CREATE TRIGGER batches_stop_at_caps BEFORE UPDATE OF completed, failed, input_to
 FOR EACH ROW WHEN (NEW.max_cost IS NOT NULL OR NEW.max_error_rate IS NOT NULL)
 EXECUTE FUNCTION batches_stop_at_caps();
 
+-- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
+-- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
+CREATE TABLE backend_status (
+    backend            text NOT NULL,
+    owner              text NOT NULL,
+    up                 boolean NOT NULL,
+    since              double precision NOT NULL,  -- when it last went up or down (Unix seconds)
+    error              text,  -- why it went down (kept after it is back)
+    concurrency_limit  integer NOT NULL,  -- requests this engine may have in flight to it now
+    in_flight          integer NOT NULL,
+    updated_at         double precision NOT NULL,
+    PRIMARY KEY (backend, owner)
 );

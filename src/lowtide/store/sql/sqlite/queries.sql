@@ -322,27 +322,6 @@ UPDATE batches SET status = ?1,
     lease_owner = NULL, lease_until = 0
 WHERE id = ?6 AND lease_owner = ?7
 
--- === operations ==============================================================================
-
--- name: status_counts
-SELECT status, COUNT(*) FROM batches GROUP BY status
-
--- name: lines_pending
-SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches
-WHERE status IN ({status.in_progress}, {status.cancelling}, {status.finalizing})
-
--- === accounts: rate limits, API keys, idempotency keys =======================================
-
--- name: forget_rate_minutes
--- (key, minute): forget the minutes before the last one.
-DELETE FROM rate_limits WHERE minute < ?2 - 1
-
--- name: rate_limit_hit
-INSERT INTO rate_limits (key, minute, count) VALUES (?1, ?2, 1)
-ON CONFLICT (key, minute) DO UPDATE SET count = count + 1
-RETURNING count
-
--- name: insert_api_key
 -- === batch controls (lowtide.domain.controls): pause, stop, results so far, retries =====
 
 -- name: pause
@@ -384,6 +363,27 @@ SELECT status, in_progress_at, completed + failed, pace_at, pace_done, pace_prev
     pace_prev_done, counted_at
 FROM batches WHERE model = ?1 AND counted_at >= ?2
 
+-- === operations ==============================================================================
+
+-- name: status_counts
+SELECT status, COUNT(*) FROM batches GROUP BY status
+
+-- name: lines_pending
+SELECT COALESCE(SUM(total - completed - failed), 0) FROM batches
+WHERE status IN ({status.in_progress}, {status.cancelling}, {status.finalizing})
+
+-- === accounts: rate limits, API keys, idempotency keys =======================================
+
+-- name: forget_rate_minutes
+-- (key, minute): forget the minutes before the last one.
+DELETE FROM rate_limits WHERE minute < ?2 - 1
+
+-- name: rate_limit_hit
+INSERT INTO rate_limits (key, minute, count) VALUES (?1, ?2, 1)
+ON CONFLICT (key, minute) DO UPDATE SET count = count + 1
+RETURNING count
+
+-- name: insert_api_key
 INSERT INTO api_keys (id, digest, hint, account, label, created_at, revoked_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 

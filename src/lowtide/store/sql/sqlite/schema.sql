@@ -184,18 +184,6 @@ BEGIN
     SELECT RAISE(ABORT, 'batch status move not allowed (batch_moves)');
 END;
 
--- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
--- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
-CREATE TABLE backend_status (
-    backend            TEXT NOT NULL,
-    owner              TEXT NOT NULL,
-    up                 INTEGER NOT NULL,
-    since              REAL NOT NULL,  -- when it last went up or down (Unix seconds)
-    error              TEXT,  -- why it went down (kept after it is back)
-    concurrency_limit  INTEGER NOT NULL,  -- requests this engine may have in flight to it now
-    in_flight          INTEGER NOT NULL,
-    updated_at         REAL NOT NULL,
-    PRIMARY KEY (backend, owner)
 -- A cap is judged where the group commit adds to the counters: a batch in progress, with
 -- lines left, whose cost reached max_cost, or (once 100 lines ended) whose failed lines are
 -- more than max_error_rate of those ended, stops like a cancel in the same transaction
@@ -217,4 +205,16 @@ BEGIN
     WHERE id = NEW.id;
 END;
 
+-- What each engine sees of each backend, for the API (/ready, /v1/backends, a batch's
+-- waiting_for); rows not refreshed for a while are ignored (their engine is gone).
+CREATE TABLE backend_status (
+    backend            TEXT NOT NULL,
+    owner              TEXT NOT NULL,
+    up                 INTEGER NOT NULL,
+    since              REAL NOT NULL,  -- when it last went up or down (Unix seconds)
+    error              TEXT,  -- why it went down (kept after it is back)
+    concurrency_limit  INTEGER NOT NULL,  -- requests this engine may have in flight to it now
+    in_flight          INTEGER NOT NULL,
+    updated_at         REAL NOT NULL,
+    PRIMARY KEY (backend, owner)
 );
