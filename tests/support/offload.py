@@ -4,11 +4,13 @@ lines a fake Batch API ran."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Protocol
 
 import openai
 
-from tests.support.batches import MODEL, jsonl
+from tests.support.batches import MODEL, TERMINAL, jsonl
 
 
 class HasBaseUrl(Protocol):
@@ -47,6 +49,20 @@ async def submit(c: openai.AsyncOpenAI, lines: list[dict[str, Any]], window: str
         endpoint="/v1/chat/completions",
         completion_window=window,  # type: ignore[arg-type]
     )
+
+
+async def wait_slowly(c: openai.AsyncOpenAI, batch_id: str, patience: float = 60.0) -> Any:
+    """Poll every quarter of a second until the batch ends (a batch that runs for tens of
+    seconds would otherwise hit the retrieve rate limit); the deadline only turns a hang
+    into a failure."""
+    deadline = time.monotonic() + patience
+    while True:
+        batch = await c.batches.retrieve(batch_id)
+        if batch.status in TERMINAL:
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch stuck in {batch.status}: {batch}")
+        await asyncio.sleep(0.25)
 
 
 def comparable(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

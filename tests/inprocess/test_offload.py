@@ -1,0 +1,348 @@
+"""Offload to a hosted Batch API, in-process: lowtide with a batch backend (``kind = "batch"``)
+pointing at the fake hosted Batch API (``lowtide.testing.batch_api``) on a loopback port of this
+process, and for comparison the same lines on an HTTP backend (the fake upstream). Each fault
+the fake can inject is shown to end as docs/offload.md says."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from lowtide.testing.batch_api import BatchApiConfig, FakeBatchApi
+from lowtide.testing.upstream import FakeUpstream
+from tests.support.batches import ALICE, assert_each_once, chat_line
+from tests.support.offload import batch_backend, comparable, submit, upstream_keys
+
+from .conftest import AppFactory, eventually, read_results, wait_for
+
+
+@pytest.fixture
+async def batch_api() -> AsyncIterator[FakeBatchApi]:
+    async with FakeBatchApi(BatchApiConfig()) as api:
+        yield api
+
+
+def lines_for(n: int, prefix: str = "q", content: str = "hello") -> list[dict[str, Any]]:
+    return [chat_line(f"{prefix}{i}", f"{content} {i}") for i in range(n)]
+
+
+async def test_a_batch_runs_upstream_in_chunks_as_it_would_locally(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, upstream: FakeUpstream
+) -> None:
+    lines = lines_for(100)
+    lines[5] = chat_line("q5", "hello 5 FAIL400")
+    app = await lowtide_app(None, extra=batch_backend(batch_api, max_lines_per_chunk=40))
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    assert batch.status == "completed"
+    assert batch.request_counts.model_dump() == {"total": 100, "completed": 99, "failed": 1}
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    # Chunks within the limit: 40 + 40 + 20 lines, one upstream batch each, made once.
+    sizes = sorted(b["request_counts"]["total"] for b in await _fake_batches(batch_api))
+    assert sizes == [20, 40, 40]
+    assert set(batch_api.stats()["creates_by_chunk"].values()) == {1}
+    # Its files were deleted once the results were in: nothing is left upstream.
+    assert batch_api.objects.files == {}
+    assert batch.model_extra["offloaded"] == {
+        "lines": 100,
+        "running": 0,
+        "by_backend": {"hosted": 100},
+        "running_by_backend": {"hosted": 0},
+    }
+
+    # The same file on an HTTP backend: the same result lines, usage and cost.
+    local = await lowtide_app(upstream)
+    lc = local.client(ALICE)
+    local_batch = await wait_for(lc, (await submit(lc, lines)).id)
+    local_out, local_err = await read_results(lc, local_batch)
+    assert comparable(out) == comparable(local_out) and comparable(err) == comparable(local_err)
+    assert err[0]["response"]["status_code"] == 400
+    assert err[0]["error"]["code"] == "context_length_exceeded"
+    assert batch.usage == local_batch.usage
+    assert batch.model_extra["cost"] == local_batch.model_extra["cost"]
+    assert local_batch.model_extra["offloaded"] is None
+
+
+async def test_upstream_line_failures_follow_the_retry_rules(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    lines = lines_for(6)
+    lines[1] = chat_line("q1", "once FAIL500ONCE")
+    lines[2] = chat_line("q2", "always FAIL500")
+    app = await lowtide_app(None, extra=batch_backend(batch_api), max_attempts=3)
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert [e["custom_id"] for e in err] == ["q2"]
+    assert err[0]["response"]["status_code"] == 500
+    assert err[0]["error"]["message"].endswith("(after 3 attempts)")
+    runs = upstream_keys(batch_api)
+    # A 5xx is retried, upstream again (no other backend): the one that failed once ran twice,
+    # the one that always fails ran max_attempts times, every other line once.
+    assert runs["once FAIL500ONCE"] == 2 and runs["always FAIL500"] == 3
+    assert all(n == 1 for key, n in runs.items() if "FAIL" not in key)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ({"fail_next": 1}, "upstream_batch_failed"),
+        ({"expire_next": 1, "expire_done": 0.5}, "upstream_batch_expired"),
+        ({"lose_output_next": 1}, "upstream_output_lost"),
+    ],
+)
+async def test_an_upstream_batch_that_ends_badly_sends_its_lines_back(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, fault: dict[str, Any], code: str
+) -> None:
+    batch_api.configure(**fault)
+    lines = lines_for(20)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    assert batch.status == "completed"
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert len(out) == 20 and err == []
+    fakes = await _fake_batches(batch_api)
+    assert len(fakes) >= 2  # the lines that did not run went upstream again, in a new batch
+    # Each line ran upstream once, except those of the bad batch, which ran once more at most
+    # (the expired batch's finished half, and the lost output's lines, were run already).
+    runs = upstream_keys(batch_api)
+    assert set(runs) == {f"hello {i}" for i in range(20)}
+    assert max(runs.values()) <= 2
+    # Billed once: usage is the sum of the output lines' usage.
+    assert batch.usage.input_tokens == sum(
+        o["response"]["body"]["usage"]["prompt_tokens"] for o in out
+    )
+    # An attempt was spent on each line sent back: the store says so.
+    attempts = app.db("SELECT MAX(attempts) FROM requests")[0][0]
+    assert attempts == 2, code
+
+
+async def test_lines_sent_back_run_elsewhere_when_the_model_has_an_http_backend(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, upstream: FakeUpstream
+) -> None:
+    batch_api.configure(fail_next=1)
+    upstream.configure(latency=0.02)
+    lines = lines_for(30)
+    # One request at a time on the HTTP backend: the batch backend takes most lines first.
+    app = await lowtide_app(upstream, extra=batch_backend(batch_api), max_concurrency=1)
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert batch.status == "completed" and len(out) == 30
+    # The chunk's upstream batch failed: its lines ran on the HTTP backend, not upstream again.
+    fakes = await _fake_batches(batch_api)
+    assert [b["status"] for b in fakes] == ["failed"]
+    assert upstream.stats()["requests"] == 30
+    assert batch.model_extra["offloaded"] == {
+        "lines": 0,
+        "running": 0,
+        "by_backend": {"hosted": 0},
+        "running_by_backend": {"hosted": 0},
+    }
+
+
+async def test_creates_that_hit_429_or_lose_their_answer_make_one_upstream_batch(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    # Without idempotency upstream (as a hosted API may be), only the listing prevents a
+    # second batch after a create whose answer was lost.
+    batch_api.configure(
+        rate_429_creates=2,
+        retry_after=0.2,
+        lose_create_answers=2,
+        lose_upload_answers=1,
+        honour_idempotency=False,
+    )
+    lines = lines_for(30)
+    app = await lowtide_app(None, extra=batch_backend(batch_api, max_lines_per_chunk=10))
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    stats = batch_api.stats()
+    assert stats["create_429"] == 2 and stats["lost_create_answers"] == 2
+    assert stats["lost_upload_answers"] == 1
+    # Three chunks, three upstream batches, three uploads: nothing made twice.
+    assert stats["batches_created"] == 3 and stats["uploads"] == 3
+    assert sorted(stats["creates_by_chunk"].values()) == [1, 1, 1]
+    assert all(n == 1 for n in upstream_keys(batch_api).values())
+
+
+async def test_a_create_retried_with_the_same_idempotency_key_answers_the_first_batch(
+    batch_api: FakeBatchApi,
+) -> None:
+    from lowtide.backends.batch_api import BatchApi
+    from lowtide.settings import BackendSettings
+
+    api = BatchApi(
+        BackendSettings(name="b", kind="batch", base_url=batch_api.base_url, models=["m"])
+    )
+    try:
+        file_id = await api.upload("x.jsonl", b'{"custom_id": "1"}\n')
+        first = await api.create(file_id, "/v1/chat/completions", "24h", "chunk_a", "batch_a")
+        again = await api.create(file_id, "/v1/chat/completions", "24h", "chunk_a", "batch_a")
+        assert again.id == first.id
+        assert (await api.find_batch("chunk_a", 0.0)) is not None
+        assert await api.find_batch("chunk_b", 0.0) is None
+        assert await api.find_file("x.jsonl", 0.0) == file_id
+    finally:
+        await api.close()
+    assert batch_api.stats()["batches_created"] == 1
+
+
+async def test_cancel_reaches_the_upstream_and_keeps_its_partial_results(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    batch_api.configure(run_seconds=600, cancel_done=0.5)
+    lines = lines_for(20)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    created = await submit(c, lines)
+    await eventually(lambda: _fake_running(batch_api), "the upstream batch runs")
+    await c.batches.cancel(created.id)
+    batch = await wait_for(c, created.id)
+    assert batch.status == "cancelled"
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert len(out) == 10  # the half the upstream ran before it cancelled
+    assert {e["error"]["code"] for e in err} == {"batch_cancelled"}
+    assert batch_api.stats()["cancels"] == 1
+    assert batch.request_counts.model_dump() == {"total": 20, "completed": 10, "failed": 10}
+
+
+async def test_cancel_while_the_upstream_batch_validates(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    batch_api.configure(validation_seconds=600)
+    lines = lines_for(10)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    created = await submit(c, lines)
+    await eventually(lambda: batch_api.stats()["batches_created"] == 1, "upstream batch made")
+    await c.batches.cancel(created.id)
+    batch = await wait_for(c, created.id)
+    out, err = await read_results(c, batch)
+    assert batch.status == "cancelled" and out == []
+    assert [e["error"]["code"] for e in err] == ["batch_cancelled"] * 10
+    assert [b["status"] for b in await _fake_batches(batch_api)] == ["cancelled"]
+
+
+async def test_expiry_of_the_lowtide_batch_cancels_upstream(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, clock: Any
+) -> None:
+    batch_api.configure(run_seconds=600, cancel_done=0.25)
+    lines = lines_for(20)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    created = await submit(c, lines)
+    await eventually(lambda: _fake_running(batch_api), "the upstream batch runs")
+    clock.shift(48 * 3600 + 1)
+    batch = await wait_for(c, created.id)
+    assert batch.status == "expired"
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert len(out) == 5 and {e["error"]["code"] for e in err} == {"batch_expired"}
+    assert batch_api.stats()["cancels"] == 1
+
+
+async def test_a_window_too_short_for_the_upstream(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, upstream: FakeUpstream
+) -> None:
+    lines = lines_for(5)
+    # Only the batch backend serves the model: the lines fail at once, saying why.
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines, window="24h")).id)
+    out, err = await read_results(c, batch)
+    assert batch.status == "completed" and out == []
+    assert {e["error"]["code"] for e in err} == {"offload_window_too_short"}
+    assert "24h" in err[0]["error"]["message"]
+    # With an HTTP backend too, they simply run there.
+    both = await lowtide_app(upstream, extra=batch_backend(batch_api))
+    bc = both.client(ALICE)
+    batch = await wait_for(bc, (await submit(bc, lines, window="24h")).id)
+    out, err = await read_results(bc, batch)
+    assert len(out) == 5 and err == []
+    assert batch_api.stats()["uploads"] == 0 and batch.model_extra["offloaded"] is None
+
+
+async def test_price_factor_and_kept_files(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi, upstream: FakeUpstream
+) -> None:
+    lines = lines_for(10)
+    keys = {"price_factor": 2.0, "delete_files": False}
+    app = await lowtide_app(None, extra=batch_backend(batch_api, **keys))
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    local = await lowtide_app(upstream)
+    lc = local.client(ALICE)
+    local_batch = await wait_for(lc, (await submit(lc, lines)).id)
+    assert batch.usage == local_batch.usage
+    local_cost = local_batch.model_extra["cost"]["amount"]
+    assert batch.model_extra["cost"]["amount"] == pytest.approx(2 * local_cost)
+    # Input and output files stay upstream.
+    assert len(batch_api.objects.files) == 2
+
+
+async def test_a_restart_takes_the_chunk_over_without_a_second_upstream_batch(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    batch_api.configure(run_seconds=600)
+    lines = lines_for(10)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    created = await submit(c, lines)
+    await eventually(lambda: _fake_running(batch_api), "the upstream batch runs")
+    await app.restart()
+    batch_api.objects.finish_now()
+    batch = await wait_for(c, created.id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err) and len(out) == 10
+    assert batch_api.stats()["batches_created"] == 1
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def _fake_batches(api: FakeBatchApi) -> list[dict[str, Any]]:
+    return [b.to_api() for b in api.objects.batches.values()]
+
+
+def _fake_running(api: FakeBatchApi) -> bool:
+    return any(b.status == "in_progress" for b in api.objects.batches.values())
+
+
+@pytest.mark.postgres
+async def test_a_fleet_on_postgres_shares_the_chunks_and_takes_over_a_stopped_workers(
+    pg_database: str, lowtide_app: AppFactory, batch_api: FakeBatchApi, tmp_path: Any
+) -> None:
+    batch_api.configure(run_seconds=600)
+    server = f'\n[server]\ndatabase_url = "{pg_database}"\nstorage_url = "file://{tmp_path}"\n'
+    extra = batch_backend(batch_api, max_lines_per_chunk=5) + server
+    first = await lowtide_app(None, extra=extra)
+    c = first.client(ALICE)
+    lines = lines_for(40)
+    created = await submit(c, lines)
+    await eventually(lambda: batch_api.stats()["batches_created"] == 8, "8 upstream batches")
+    second = await lowtide_app(None, extra=extra)
+    # The worker that made the chunks stops while their upstream batches run: the other one
+    # takes them over (their leases are let go at once), and polls them to the end.
+    await first.stop()
+    batch_api.objects.finish_now()
+    c2 = second.client(ALICE)
+    batch = await wait_for(c2, created.id)
+    out, err = await read_results(c2, batch)
+    assert_each_once(lines, out, err) and len(out) == 40
+    chunks = await second.server.store.chunks_of(created.id)
+    assert [c.lease_epoch for c in chunks] == [2] * 8  # each taken over once
+    assert {c.lease_owner for c in chunks} == {second.server.engine.owner}  # type: ignore[union-attr]
+    assert sorted(batch_api.stats()["creates_by_chunk"].values()) == [1] * 8
+    assert all(n == 1 for n in upstream_keys(batch_api).values())
+    await first.start()  # the fixture stops it again
