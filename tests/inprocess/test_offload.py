@@ -5,6 +5,7 @@ the fake can inject is shown to end as docs/offload.md says."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -346,3 +347,46 @@ async def test_a_fleet_on_postgres_shares_the_chunks_and_takes_over_a_stopped_wo
     assert sorted(batch_api.stats()["creates_by_chunk"].values()) == [1] * 8
     assert all(n == 1 for n in upstream_keys(batch_api).values())
     await first.start()  # the fixture stops it again
+
+
+async def test_a_paused_batch_gets_no_new_chunk_and_a_stopped_one_cancels_upstream(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    batch_api.configure(run_seconds=600, cancel_done=0.5)
+    extra = batch_backend(batch_api, max_lines_per_chunk=10)
+    app = await lowtide_app(None, extra=extra, api_only=True)
+    c = app.client(ALICE)
+    lines = lines_for(20)
+    created = await submit(c, lines)
+    # Paused from the moment it starts (a pause is refused while validating, so it is written
+    # beside the server, whose engine is not running yet).
+    app.db("UPDATE batches SET paused_at = ?1 WHERE id = ?2", _now(), created.id)
+    await app.restart(api_only=False)
+    engine = app.server.engine
+    assert engine is not None and engine.offload is not None
+    store, offload = app.server.store, engine.offload
+
+    async def in_progress() -> bool:
+        return (await c.batches.retrieve(created.id)).status == "in_progress"
+
+    await eventually(in_progress, "validated, paused")
+    looks = offload.looks
+    await eventually(lambda: offload.looks >= looks + 5, "five looks at the batches")
+    assert batch_api.stats()["uploads"] == 0 and await store.chunks_of(created.id) == []
+    resumed_at = _now()
+    await store.resume_batch("alice", created.id)
+    await eventually(lambda: batch_api.stats()["batches_created"] == 2, "two upstream batches")
+    assert all(ch.created_at >= resumed_at for ch in await store.chunks_of(created.id))
+    # A stop (a cap) cancels the upstream batches; what they ran is kept.
+    assert await store.stop_batch(created.id, "max_cost", _now())
+    engine.wake()  # as the API does on a stop
+    batch = await wait_for(c, created.id)
+    assert batch.status == "cancelled" and batch.model_extra["stop_reason"] == "max_cost"
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err)
+    assert len(out) == 10 and batch_api.stats()["cancels"] == 2
+    assert {e["error"]["code"] for e in err} == {"batch_stopped"}
+
+
+def _now() -> int:
+    return int(time.time())

@@ -18,7 +18,9 @@ class HasBaseUrl(Protocol):
     def base_url(self) -> str: ...
 
 
-def batch_backend(api: HasBaseUrl, *, name: str = "hosted", **keys: Any) -> str:
+def batch_backend(
+    api: HasBaseUrl, *, name: str = "hosted", api_key: str = "EMPTY", **keys: Any
+) -> str:
     """A ``[[backends]]`` block of kind ``batch`` serving ``MODEL`` from ``api``, polled every
     50 ms, with a margin of a minute (``keys`` add or change keys)."""
     settings: dict[str, Any] = {"poll_interval": 0.05, "deadline_margin": 60, **keys}
@@ -28,7 +30,7 @@ def batch_backend(api: HasBaseUrl, *, name: str = "hosted", **keys: Any) -> str:
 name = "{name}"
 kind = "batch"
 base_url = "{api.base_url}"
-api_key = "EMPTY"
+api_key = "{api_key}"
 models = ["{MODEL}"]
 {lines}"""
 

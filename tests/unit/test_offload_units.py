@@ -212,3 +212,23 @@ def test_offloaded_lines_cost_their_price_factor_times_the_batch_price() -> None
     assert (both.lines, both.running) == (10, 2)
     assert both.by_backend() == {"a": 9, "b": 1}
     assert both.running_by_backend() == {"a": 2, "b": 0}
+
+
+# --- docs -------------------------------------------------------------------------------------
+
+
+def test_the_toml_of_docs_offload_loads(tmp_path: Path) -> None:
+    """docs/offload.md's example is a config lowtide starts with."""
+    import re
+
+    docs = Path(__file__).parents[2] / "docs" / "offload.md"
+    (block,) = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
+    settings = load(tmp_path, block)
+    names = [(b.name, b.kind) for b in settings.backends]
+    assert names == [
+        ("openai-batch", "batch"),
+        ("dashscope-batch", "batch"),
+        ("local-vllm", "http"),
+    ]
+    dashscope = settings.batch_backends()[1]
+    assert dashscope.spill and dashscope.upstream_limits() == PRESETS["dashscope"]

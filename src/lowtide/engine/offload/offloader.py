@@ -140,6 +140,8 @@ class Offloader:
         self._meters: dict[str, spill.PaceMeter] = {}
         self._avoid: dict[tuple[str, str], float] = {}
         self._last_beat = 0.0
+        #: Looks taken so far (a test waits for a few to pass).
+        self.looks = 0
 
     def serves(self, model: str) -> bool:
         return model in self.by_model
@@ -196,6 +198,7 @@ class Offloader:
     # --- one look ----------------------------------------------------------------------------
 
     async def _look(self) -> None:
+        self.looks += 1
         now = time.time()
         if now - self._last_beat >= self.lease / 3:
             await self.store.renew_chunks(self.owner, now + self.lease)

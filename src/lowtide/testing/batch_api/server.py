@@ -138,6 +138,7 @@ class FakeBatchApi:
             data = upload.file.read()
             stored = objects.add_file(upload.filename, str(form.get("purpose", "batch")), data)
             objects.stats.uploads += 1
+            objects.stats.uploads_by_name[upload.filename] += 1
             await asyncio.sleep(self.config.hold_uploads)
             if objects.take("lose_upload_answers"):
                 objects.stats.lost_upload_answers += 1

@@ -150,12 +150,15 @@ class Stats:
     downloading: int = 0
     #: Batches created per ``metadata.lowtide_chunk``: more than 1 is a chunk created twice.
     creates_by_chunk: Counter[str] = field(default_factory=Counter)
+    #: Files stored per file name: more than 1 is an input file uploaded twice.
+    uploads_by_name: Counter[str] = field(default_factory=Counter)
     #: Lines run per request key (the fake upstream's: the last user message).
     per_key: Counter[str] = field(default_factory=Counter)
 
     def to_api(self, per_key: bool) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["creates_by_chunk"] = dict(self.creates_by_chunk)
+        out["uploads_by_name"] = dict(self.uploads_by_name)
         out["per_key"] = dict(self.per_key) if per_key else None
         return out
 

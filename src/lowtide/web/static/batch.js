@@ -49,7 +49,20 @@ function counts(batch) {
     ["Completed", fmtInt(completed)],
     ["Failed", fmtInt(failed)],
     ["Remaining", fmtInt(Math.max(0, total - completed - failed))],
+    ...ranWhere(batch),
   ], { class: "facts counts" });
+}
+
+/** Where the lines ran, when some went to a hosted Batch API (`offloaded`, docs/offload.md). */
+function ranWhere(batch) {
+  const off = batch.offloaded;
+  if (!off) return [];
+  const { completed, failed } = batch.request_counts;
+  const upstream = Object.entries(off.by_backend).map(([name, lines]) => {
+    const running = off.running_by_backend[name] || 0;
+    return [`Ran on ${name}`, running ? `${fmtInt(lines)} (${fmtInt(running)} running)` : fmtInt(lines)];
+  });
+  return [["Ran here", fmtInt(Math.max(0, completed + failed - off.lines))], ...upstream];
 }
 
 function errorsTable(batch) {
