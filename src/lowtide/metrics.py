@@ -68,7 +68,59 @@ IN_FLIGHT = Gauge(
 )
 CONCURRENCY_LIMIT = Gauge(
     "lowtide_backend_concurrency_limit",
-    "Requests this process may have in flight to a backend (its share of max_concurrency).",
+    "Requests this process may have in flight to a backend now: max_concurrency, or the "
+    "adaptive limit under it, and in a fleet no more than this process's share.",
+    ("backend",),
+    registry=REGISTRY,
+)
+LIMIT_SOURCE = Gauge(
+    "lowtide_backend_limit_source",
+    "1 for where a backend's concurrency limit comes from now: fixed (max_concurrency), "
+    "metrics (the engine's own /metrics) or latency.",
+    ("backend", "source"),
+    registry=REGISTRY,
+)
+ENGINE_CAPACITY = Gauge(
+    "lowtide_backend_engine_capacity",
+    "Sequences the engine runs at once, as learned from its metrics (0: not known yet).",
+    ("backend",),
+    registry=REGISTRY,
+)
+ENGINE_REQUESTS = Gauge(
+    "lowtide_backend_engine_requests",
+    "Requests the engine reported running or waiting at the last scrape of its /metrics "
+    "(everyone's, not only lowtide's).",
+    ("backend", "state"),
+    registry=REGISTRY,
+)
+ENGINE_SCRAPES = Counter(
+    "lowtide_backend_engine_scrapes",
+    "Scrapes of an engine's /metrics, by result (ok or failed).",
+    ("backend", "result"),
+    registry=REGISTRY,
+)
+CONCURRENCY_CUTS = Counter(
+    "lowtide_backend_concurrency_cuts",
+    "Times a 429, 503 or timeout halved a backend's adaptive concurrency limit.",
+    ("backend",),
+    registry=REGISTRY,
+)
+BUDGET_WAIT_SECONDS = Counter(
+    "lowtide_backend_budget_wait_seconds",
+    "Seconds requests waited for a backend's rpm/tpm budget before they were sent.",
+    ("backend",),
+    registry=REGISTRY,
+)
+BUDGET_USED = Gauge(
+    "lowtide_backend_budget_used",
+    "Requests and tokens this process counts against a backend's rpm and tpm in the "
+    "current rolling minute (in a fleet: what it holds of the shared budget).",
+    ("backend", "kind"),
+    registry=REGISTRY,
+)
+TOKENS_PER_BYTE = Gauge(
+    "lowtide_backend_tokens_per_byte",
+    "Prompt tokens per byte of prompt text, as calibrated for a backend's budget estimates.",
     ("backend",),
     registry=REGISTRY,
 )

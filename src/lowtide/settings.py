@@ -132,6 +132,19 @@ class BackendSettings(_Strict):
     max_concurrency: int = Field(default=16, ge=1, le=10_000)
     #: Seconds to wait for one answer before the attempt counts as a timeout.
     timeout: float = Field(default=600.0, gt=0)
+    #: ``fixed``: always ``max_concurrency`` in flight. ``adaptive``: ``max_concurrency`` is a
+    #: ceiling, and the limit under it follows the engine's metrics or latency
+    #: (lowtide.engine.limits; docs/scheduling.md, "Adaptive concurrency").
+    concurrency: Literal["fixed", "adaptive"] = "fixed"
+    #: The engine's Prometheus page (vLLM, SGLang) for the adaptive limit. Unset: ``base_url``
+    #: with its trailing ``/v1`` replaced by ``/metrics``; ``""``: none (latency only).
+    metrics_url: str | None = None
+    #: Adaptive: running slots of the engine kept free for traffic that is not lowtide's.
+    reserve: int = Field(default=4, ge=0, le=10_000)
+    #: Requests and tokens (prompt + max_tokens) per minute the backend allows; 0: no limit.
+    #: lowtide paces its sends under them, fleet-wide (docs/scheduling.md, "Budgets").
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
     #: How request bodies are translated for this server (docs/backends.md).
     dialect: Dialect = "openai"
     #: Body fields set when a line lacks them, and fields always set (``max_tokens``: a cap).
@@ -160,6 +173,13 @@ class BackendSettings(_Strict):
     #: Seconds between the end of an upstream batch's window and the lowtide batch's deadline;
     #: also how early before the deadline the HTTP backends should be done when spilling.
     deadline_margin: float = Field(default=1800.0, ge=0)
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _http_metrics_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError('metrics_url must be an http:// or https:// URL, or "" for none')
+        return value
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_env:
@@ -396,7 +416,8 @@ class TestingSettings(_Strict):
 
     #: Overrides every batch's completion window, in seconds (to test expiry quickly).
     completion_window_seconds: float | None = None
-    #: Length of a rate-limit window in seconds instead of a minute (to test recovery).
+    #: Length of a rate-limit window in seconds instead of a minute (to test recovery); also
+    #: the window of the backends' rpm and tpm budgets.
     rate_limit_window_seconds: float | None = Field(default=None, gt=0)
     #: How long an upstream batch's window is taken to be, in seconds, instead of its
     #: ``completion_window`` (to test offload and spill-over against short deadlines).

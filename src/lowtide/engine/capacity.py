@@ -63,10 +63,13 @@ class CapacityKeeper:
         for name in self.names:
             slot = self.router.slot(name)
             ceiling = slot.backend.max_concurrency
-            # Starved: ask for the whole ceiling (the database grants what is free, up to a
+            # Starved: ask for the whole limit (the database grants what is free, up to a
             # fair share while other workers wait). Otherwise keep what is in use and a little
-            # headroom, and give back the rest.
-            want = ceiling if slot.starved else min(ceiling, slot.in_flight + 1)
+            # headroom, and give back the rest. An adaptive limit (``slot.limit()``) is this
+            # worker's view of the engine's room, which the other workers' requests already
+            # take up (docs/scheduling.md): it asks for no more than that.
+            limit = slot.limit()
+            want = limit if slot.starved else min(limit, slot.in_flight + 1)
             slot.starved = False
             if slot.granted is not None and want < slot.granted:
                 # Shrink before the database hears of it: requests started while the call
@@ -79,7 +82,7 @@ class CapacityKeeper:
                 name, self.owner, want, ceiling, now, self.lease, slot.in_flight
             )
             slot.granted_until = now + self.lease
-            metrics.CONCURRENCY_LIMIT.labels(name).set(slot.granted)
+            metrics.CONCURRENCY_LIMIT.labels(name).set(slot.capacity())
 
     async def release_all(self) -> None:
         for name in self.names:

@@ -28,12 +28,14 @@ from collections.abc import Callable
 import orjson
 
 from lowtide import errors, metrics
-from lowtide.backends.base import Unreachable
+from lowtide.backends.base import Reply, Unreachable
 from lowtide.backends.shaping import Plan, Shaping
 from lowtide.blobs import BlobStore
 from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, ActiveBatch, Claim, Outcome
 from lowtide.engine import outcomes
+from lowtide.engine.budgets import Charge
 from lowtide.engine.events import wait_event
+from lowtide.engine.limits import Ticket
 from lowtide.engine.router import Router, Slot
 from lowtide.engine.sink import ResultSink
 from lowtide.store import Store
@@ -242,24 +244,68 @@ class Dispatcher:
         self._storage_back()
         plan = self.shaping.plan(slot.backend, batch.model, batch.endpoint)
         body = _request_body(raw, plan)
+        # With an rpm/tpm budget, wait (holding the slot) until it has room for this request.
+        charge = await slot.budget.acquire(body, batch.id) if slot.budget is not None else None
         if slot.capacity() == 0:
             # Our share of a fleet-wide ceiling ran out while the line was read (this worker
             # stalled): another worker may hold the slot now, so do not send.
+            if charge is not None and slot.budget is not None:
+                slot.budget.unsent(charge)
             return _give_back_claim(claim, 0.0)
         meters.dispatched.inc()
+        ticket = slot.limiter.sent()
         started = time.monotonic()
         try:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
         except Unreachable as exc:
+            self._no_answer(slot, ticket, exc)
             return plan.recorded(self._unreachable(slot, claim, exc, started), body)
+        latency = time.monotonic() - started
         if slot.health.answered():
             self._slot_freed.set()  # it was down: every slot is free again, not just this one
-        meters.latency.observe(time.monotonic() - started)
+        meters.latency.observe(latency)
         if reply.status == 429:
             meters.rate_limited.inc()
         if reply.retry_after is not None and reply.status in (429, 503):
             self._pause(slot, reply.retry_after, reply.status)
-        return plan.recorded(outcomes.from_reply(claim, reply, self.policy, plan.final), body)
+        outcome = outcomes.from_reply(claim, reply, self.policy, plan.final)
+        self._feedback(slot, ticket, charge, reply, outcome, latency)
+        return plan.recorded(outcome, body)
+
+    def _feedback(
+        self,
+        slot: Slot,
+        ticket: Ticket,
+        charge: Charge | None,
+        reply: Reply,
+        outcome: Outcome,
+        latency: float,
+    ) -> None:
+        """Tell the backend's limiter and budget what came of a request: a latency sample,
+        an overload, the tokens it really counted."""
+        if reply.status in (429, 503):
+            if slot.limiter.overloaded(ticket):
+                metrics.CONCURRENCY_CUTS.labels(slot.backend.name).inc()
+        elif 200 <= reply.status < 300:
+            slot.limiter.answered(ticket, latency, outcome.output_tokens)
+        else:
+            slot.limiter.done(ticket)
+        if charge is None or slot.budget is None:
+            return
+        if reply.status == 429:
+            slot.budget.refused(charge, reply.retry_after)
+        else:
+            slot.budget.answered(charge, reply.status, outcome.input_tokens, outcome.output_tokens)
+
+    def _no_answer(self, slot: Slot, ticket: Ticket, exc: Unreachable) -> None:
+        # A timeout is the backend saying it has too much; a refused connection says nothing
+        # of its load (health.py deals with it). The budget keeps its charge: the request may
+        # have reached the backend.
+        if exc.code == "upstream_timeout":
+            if slot.limiter.overloaded(ticket):
+                metrics.CONCURRENCY_CUTS.labels(slot.backend.name).inc()
+        else:
+            slot.limiter.done(ticket)
 
     def _unreadable(self, claim: Claim, exc: errors.StorageError) -> Outcome:
         """The object store did not give the line back. For up to ``outage_grace`` seconds of

@@ -33,6 +33,7 @@ from lowtide.engine.events import wait_event
 from lowtide.engine.finalizer import finalize
 from lowtide.engine.health import HealthMonitor
 from lowtide.engine.offload.offloader import Offloader
+from lowtide.engine.pacing import Pacing
 from lowtide.engine.reporting import BackendReporter
 from lowtide.engine.router import Router
 from lowtide.engine.sink import ResultSink
@@ -100,6 +101,8 @@ class Engine:
             on_change=self.dispatcher.backend_changed,
         )
         self.reporter = BackendReporter(store, router, self.owner, configured)
+        #: Adaptive limits and rpm/tpm budgets of the backends, on the router's slots.
+        self.pacing = Pacing(settings, router, store, owner=self.owner, shared=not exclusive)
         #: Lines sent to hosted Batch APIs (``kind = "batch"`` backends), if any is configured.
         self.offload = (
             Offloader(
@@ -137,6 +140,7 @@ class Engine:
             self._spawn("capacity", self.capacity.run)
         self._spawn("health", self._health_loop)
         self._spawn("backend reports", self.reporter.run)
+        self._spawn("pacing", self.pacing.run)
         self._spawn("dispatch", self.dispatcher.run)
         self._spawn("commit", self.sink.run)
         self._spawn("validation", self._validation_loop)
@@ -171,6 +175,7 @@ class Engine:
             self.offload.stop()
         self._validate_wake.set()
         await self.dispatcher.drain(self.settings.engine.shutdown_grace)
+        await self.pacing.close()
         self.sink.stop()
         await self.sink.flush()
         for task in self._tasks:

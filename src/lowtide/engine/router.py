@@ -14,9 +14,14 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lowtide.backends.base import Backend
 from lowtide.engine.health import Health
+from lowtide.engine.limits import FixedLimit, Limiter
+
+if TYPE_CHECKING:
+    from lowtide.engine.budgets import Budget
 
 #: Prefix groups whose backend the router remembers (the least recently used is forgotten):
 #: far more than a fleet of engines' caches hold at once, and a few hundred KiB at most.
@@ -35,13 +40,25 @@ class Slot:
     granted_until: float = math.inf
     #: A dispatcher found no free capacity here since the capacity keeper last looked.
     starved: bool = False
+    #: Its rpm/tpm budget, if it has one (``lowtide.engine.budgets``).
+    budget: Budget | None = None
     health: Health = field(init=False)
+    #: How many requests it may have in flight (``lowtide.engine.limits``): always its
+    #: ``max_concurrency`` unless ``concurrency = "adaptive"`` puts another limiter here.
+    limiter: Limiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.health = Health(self.backend.name)
+        self.limiter = FixedLimit(self.backend.max_concurrency, time.monotonic)
+
+    def limit(self) -> int:
+        """Requests this backend may have in flight now, fleet shares aside: its
+        ``max_concurrency``, or the adaptive limit under it (what is published as its limit)."""
+        return max(1, min(self.backend.max_concurrency, self.limiter.limit()))
 
     def capacity(self) -> int:
-        ceiling = self.backend.max_concurrency
+        """``limit()``, and in a fleet no more than this process's share of the ceiling."""
+        ceiling = self.limit()
         if self.granted is None:
             return ceiling
         if time.time() >= self.granted_until:

@@ -25,6 +25,7 @@ from lowtide.domain.records import BatchFilter, BatchRecord, FileRecord, JsonDic
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
 from lowtide.domain.work import ActiveBatch, Claim, Outcome, ResultRow
+from lowtide.store.budgets import Grant
 
 
 class Lifecycle(Protocol):
@@ -165,6 +166,29 @@ class DispatchWork(Protocol):
         Returns how many slots ``owner`` may use now (leased until ``now + lease``); slots held
         beyond that are given back, except the ``in_use`` ones still running requests. This is
         how ``max_concurrency`` holds across workers.
+        """
+
+    async def claim_budget(
+        self,
+        backend: str,
+        owner: str,
+        settle: tuple[int, int, int] | None,
+        want_requests: int,
+        want_tokens: int,
+        need_tokens: int,
+        rpm: int,
+        tpm: int,
+        now: float,
+        window: float,
+        until: float,
+    ) -> Grant:
+        """A slice of a backend's rpm/tpm budget, shared by the fleet (``lowtide.store.budgets``).
+
+        First records what ``owner`` used of its last slice (``settle``: its id, requests and
+        tokens used), giving the rest back. Then, unless ``want_requests`` is 0, grants up to
+        ``want_requests`` requests and ``want_tokens`` tokens to be sent until ``until``, if the
+        slices of the last ``window`` seconds leave room for one request of ``need_tokens``
+        under ``rpm`` and ``tpm`` (0: no limit); else nothing, and when to ask again.
         """
 
 

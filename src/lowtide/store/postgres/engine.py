@@ -14,7 +14,7 @@ from lowtide.domain.records import BatchRecord, FileRecord, JsonDict, Pricing
 from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
 from lowtide.domain.work import FAILED, RETRY, SUCCEEDED, ActiveBatch, Claim, Outcome, ResultRow
-from lowtide.store import rows, slots
+from lowtide.store import budgets, rows, slots
 from lowtide.store.postgres.db import Database, count
 
 #: The columns ``finish_validation`` copies into ``requests``.
@@ -188,6 +188,39 @@ class EngineWork(Database):
             return plan.granted(held)
 
         return await self._run(acquire)
+
+    async def claim_budget(
+        self,
+        backend: str,
+        owner: str,
+        settle: tuple[int, int, int] | None,
+        want_requests: int,
+        want_tokens: int,
+        need_tokens: int,
+        rpm: int,
+        tpm: int,
+        now: float,
+        window: float,
+        until: float,
+    ) -> budgets.Grant:
+        async def claim(conn: Any) -> budgets.Grant:
+            await conn.execute(self.q["lock_budget"], backend)
+            if settle is not None:
+                slice_id, requests, tokens = settle
+                await conn.execute(self.q["settle_budget_slice"], slice_id, owner, requests, tokens)
+            if want_requests <= 0:
+                return budgets.Grant(None)
+            await conn.execute(self.q["forget_budget_slices"], backend, now - window)
+            used_requests, used_tokens, oldest = await conn.fetchrow(self.q["budget_used"], backend)
+            got = budgets.room(
+                want_requests, want_tokens, need_tokens, rpm, tpm, used_requests, used_tokens
+            )
+            if got is None:
+                return budgets.Grant(None, retry_after=budgets.retry_after(oldest, window, now))
+            slice_id = await conn.fetchval(self.q["take_budget_slice"], backend, owner, until, *got)
+            return budgets.Grant(int(slice_id), *got)
+
+        return await self._run(claim)
 
     # --- expiry, cancel, finalisation --------------------------------------------------------
 

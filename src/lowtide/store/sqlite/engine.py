@@ -25,7 +25,7 @@ from lowtide.domain.work import (
     RequestState,
     ResultRow,
 )
-from lowtide.store import queries, rows, slots
+from lowtide.store import budgets, queries, rows, slots
 from lowtide.store.sqlite.db import Database
 
 # Rows written by one ``record_finals`` statement (the comment there says why a statement
@@ -221,6 +221,39 @@ class EngineWork(Database):
             return plan.granted(held)
 
         return await self._write(acquire)
+
+    async def claim_budget(
+        self,
+        backend: str,
+        owner: str,
+        settle: tuple[int, int, int] | None,
+        want_requests: int,
+        want_tokens: int,
+        need_tokens: int,
+        rpm: int,
+        tpm: int,
+        now: float,
+        window: float,
+        until: float,
+    ) -> budgets.Grant:
+        def claim(c: sqlite3.Connection) -> budgets.Grant:
+            if settle is not None:
+                slice_id, requests, tokens = settle
+                c.execute(self.q["settle_budget_slice"], (slice_id, owner, requests, tokens))
+            if want_requests <= 0:
+                return budgets.Grant(None)
+            c.execute(self.q["forget_budget_slices"], (backend, now - window))
+            used = c.execute(self.q["budget_used"], (backend,)).fetchone()
+            used_requests, used_tokens, oldest = used
+            got = budgets.room(
+                want_requests, want_tokens, need_tokens, rpm, tpm, used_requests, used_tokens
+            )
+            if got is None:
+                return budgets.Grant(None, retry_after=budgets.retry_after(oldest, window, now))
+            row = c.execute(self.q["take_budget_slice"], (backend, owner, until, *got)).fetchone()
+            return budgets.Grant(int(row[0]), *got)
+
+        return await self._write(claim)
 
     # --- expiry, cancel, finalisation --------------------------------------------------------
 

@@ -181,6 +181,18 @@ CREATE TABLE slot_demands (
     PRIMARY KEY (backend, owner)
 );
 
+-- The fleet's shared rpm/tpm budgets (lowtide.engine.budgets): slices of a backend's rolling
+-- minute taken by workers; a slice counts until `until` (the end of its use) plus the window.
+CREATE TABLE budget_slices (
+    id        bigserial PRIMARY KEY,
+    backend   text NOT NULL,
+    owner     text NOT NULL,
+    until     double precision NOT NULL,
+    requests  integer NOT NULL,               -- granted, then what was used
+    tokens    bigint NOT NULL
+);
+CREATE INDEX budget_slices_by_backend ON budget_slices (backend, until);
+
 -- The batch state machine: the allowed moves (kept equal to lowtide.domain.status.MOVES
 -- whenever a store opens); the trigger refuses any other change of a batch's status.
 CREATE TABLE batch_moves (

@@ -272,6 +272,27 @@ DELETE FROM slot_demands WHERE owner = ?1
 -- name: forget_all_slot_demand
 DELETE FROM slot_demands
 
+-- === engine: fleet-wide rpm/tpm budgets (lowtide.engine.budgets, lowtide.store.budgets) ======
+
+-- name: lock_budget
+-- absent: a SQLite write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+
+-- name: settle_budget_slice
+-- What a worker used of its last slice (the rest goes back to the fleet).
+UPDATE budget_slices SET requests = ?3, tokens = ?4 WHERE id = ?1 AND owner = ?2
+
+-- name: forget_budget_slices
+-- Slices whose use ended a window ago or more count no longer.
+DELETE FROM budget_slices WHERE backend = ?1 AND until <= ?2
+
+-- name: budget_used
+SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), MIN(until)
+FROM budget_slices WHERE backend = ?1
+
+-- name: take_budget_slice
+INSERT INTO budget_slices (backend, owner, until, requests, tokens) VALUES (?1, ?2, ?3, ?4, ?5)
+RETURNING id
+
 -- === engine: expiry, cancel, finalisation ====================================================
 
 -- name: expire

@@ -1,0 +1,86 @@
+"""``concurrency = "adaptive"`` in a running server: a batch sent to the simulated engine (in
+this process) through lowtide, with the engine's metrics, while someone else holds one of the
+engine's slots. The limit learns the engine's capacity, never exceeds ``max_concurrency``, and
+leaves ``reserve`` slots free besides what the other user runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from lowtide.engine.limits import AdaptiveLimit, EngineLoadLimit
+from lowtide.testing.engine_sim import EngineConfig, SimEngine
+from tests.support.batches import chat_line
+
+from .conftest import AppFactory, submit, wait_for
+from .test_metrics import scrape, total
+
+MAX_SEQS = 4
+RESERVE = 1
+CEILING = 64
+
+
+def backend(eng: SimEngine) -> str:
+    return f"""
+[[backends]]
+name = "sim"
+base_url = "{eng.base_url}"
+api_key = "EMPTY"
+models = ["sim-model"]
+max_concurrency = {CEILING}
+concurrency = "adaptive"
+reserve = {RESERVE}
+"""
+
+
+async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
+    lowtide_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No probe above the learned capacity during the test: what is checked is the rule.
+    monkeypatch.setattr(EngineLoadLimit, "PROBE_EVERY", 1e9)
+    async with SimEngine(EngineConfig(max_seqs=MAX_SEQS, speed=20)) as eng:
+        app = await lowtide_app(extra=backend(eng))
+        slot = app.server.router.slot("sim")
+        assert isinstance(slot.limiter, AdaptiveLimit)
+        async with aiohttp.ClientSession() as session:
+            # Someone else's request, running as long as the test: one slot is theirs.
+            other = {"model": "sim-model", "prompt": "someone else", "max_tokens": 8000}
+
+            async def hold() -> None:
+                async with session.post(eng.base_url + "/completions", json=other) as resp:
+                    await resp.read()
+
+            holder = asyncio.create_task(hold())
+            lines = [
+                chat_line(f"l{i}", f"line {i} of the batch", model="sim-model", max_tokens=24)
+                for i in range(160)
+            ]
+            c = app.client()
+            batch = await submit(c, lines)
+            seen: list[tuple[int, int | None, int]] = []
+
+            async def watch() -> None:
+                while True:
+                    seen.append((slot.limit(), slot.limiter.capacity, slot.in_flight))
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            done = await wait_for(c, batch.id, patience=120)
+            watcher.cancel()
+            samples = await scrape(app)
+            holder.cancel()
+            await asyncio.gather(holder, watcher, return_exceptions=True)
+    assert done.status == "completed" and done.request_counts.completed == len(lines)
+    assert slot.limiter.capacity == MAX_SEQS  # learned from the engine's metrics
+    assert all(1 <= limit <= CEILING and in_flight <= CEILING for limit, _, in_flight in seen)
+    learned = [limit for limit, capacity, _ in seen if capacity is not None]
+    assert learned, "the limit never learned the engine's capacity"
+    # Never more than the capacity less the reserve; and less still while the other request
+    # was seen running (it is not lowtide's).
+    assert max(learned) <= MAX_SEQS - RESERVE
+    assert min(learned) <= MAX_SEQS - RESERVE - 1
+    assert total(samples, "lowtide_backend_limit_source", backend="sim", source="metrics") == 1
+    assert total(samples, "lowtide_backend_engine_capacity", backend="sim") == MAX_SEQS
+    assert 1 <= total(samples, "lowtide_backend_concurrency_limit", backend="sim") <= CEILING
