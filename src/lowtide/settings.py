@@ -198,7 +198,7 @@ class BackendSettings(_Strict):
         if wrong:
             raise ValueError(
                 f"{', '.join(wrong)}: a batch backend takes no such key (the upstream decides "
-                "how many of its lines run at once)"
+                "how many of its lines run at once, and how fast)"
             )
         self._check_limits()
         return self
@@ -258,7 +258,7 @@ _BATCH_ONLY = frozenset(
         "deadline_margin",
     }
 )
-_HTTP_ONLY = frozenset({"max_concurrency"})
+_HTTP_ONLY = frozenset({"max_concurrency", "concurrency", "metrics_url", "reserve", "rpm", "tpm"})
 
 
 class ModelSettings(_Strict):

@@ -390,3 +390,32 @@ async def test_a_paused_batch_gets_no_new_chunk_and_a_stopped_one_cancels_upstre
 
 def _now() -> int:
     return int(time.time())
+
+
+async def test_a_batch_backend_shows_whether_it_answers(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    class Nowhere:
+        base_url = "http://127.0.0.1:9/v1"  # nothing listens: every call gets no answer
+
+    extra = batch_backend(batch_api) + batch_backend(Nowhere(), name="gone").replace(
+        "fake-model", "other-model"
+    )
+    app = await lowtide_app(None, extra=extra)
+    c = app.client(ALICE)
+    batch = await wait_for(c, (await submit(c, lines_for(3))).id)
+    assert batch.status == "completed"
+    stuck = await submit(c, [chat_line("x", "hello", model="other-model")])
+
+    async def states() -> dict[str, str]:
+        answer = await c.get("/backends", cast_to=object)
+        assert isinstance(answer, dict)
+        return {b["name"]: b["state"] for b in answer["data"]}
+
+    async def gone_down() -> bool:
+        return (await states()).get("gone") == "down"
+
+    await eventually(gone_down, "the batch backend with no answer is down", patience=60)
+    assert (await states())["hosted"] == "up"
+    waiting = (await c.batches.retrieve(stuck.id)).model_extra["waiting_for"]
+    assert waiting["backend"] == "gone" and "Connect" in waiting["error"]

@@ -37,6 +37,7 @@ def load(tmp_path: Path, text: str) -> Any:
         (HTTP + "spill = true\n", '"gpu": Value error, spill: only a backend of kind = "batch"'),
         (HTTP + "poll_interval = 5\nprice_factor = 2\n", "poll_interval, price_factor: only"),
         (BATCH + "max_concurrency = 4\n", "max_concurrency: a batch backend takes no such key"),
+        (BATCH + 'concurrency = "adaptive"\nrpm = 60\n', "concurrency, rpm: a batch backend"),
         (
             BATCH + 'completion_window = "48h"\n',
             "completion_window = '48h': openai accepts only 24h",

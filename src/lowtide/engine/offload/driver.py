@@ -378,9 +378,19 @@ class ChunkDriver:
             raise LostLease
 
     async def _api_call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``fn(*args)``, once the backend's ``Retry-After`` (if any) has passed."""
+        """``fn(*args)``, once the backend's ``Retry-After`` (if any) has passed; whether it
+        got an answer goes into the backend's state."""
         await self.route.unpaused(self.off.sleep)
-        return await fn(*args)
+        try:
+            found = await fn(*args)
+        except Unreachable as exc:
+            self.route.unanswered(exc.message)
+            raise
+        except Refused:
+            self.route.answered()
+            raise
+        self.route.answered()
+        return found
 
     async def _refused_for_good(self, exc: Exception) -> bool:
         """True if ``exc`` ended the chunk's time upstream and its lines went back: its

@@ -30,6 +30,7 @@ from lowtide.backends.batch_api import BatchApi
 from lowtide.backends.dialects import DIALECTS
 from lowtide.backends.shaping import Plan, build_plan
 from lowtide.blobs import BlobStore
+from lowtide.domain.backends import REPORT_EVERY, BackendReport
 from lowtide.domain.offload import (
     CLAIMED,
     HELD_UNTIL,
@@ -42,6 +43,7 @@ from lowtide.domain.offload import (
 from lowtide.domain.records import BatchRecord
 from lowtide.domain.work import FAILED, ActiveBatch, Outcome
 from lowtide.engine import outcomes
+from lowtide.engine.health import DOWN_AFTER
 from lowtide.engine.offload import chunking, spill
 from lowtide.engine.offload.driver import ChunkDriver
 from lowtide.settings import BackendSettings, Settings
@@ -76,6 +78,25 @@ class Route:
     record_sent_body: bool = False
     _plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
     _paused_until: float = 0.0
+    #: Whether the upstream answers, as this engine sees it (``/v1/backends``, ``/ready``, a
+    #: batch's ``waiting_for``): down after ``DOWN_AFTER`` calls in a row got no answer.
+    up: bool = True
+    since: float = field(default_factory=time.time)
+    error: str | None = None
+    _unanswered: int = 0
+
+    def answered(self) -> None:
+        self._unanswered = 0
+        if not self.up:
+            logger.warning("batch backend %s answers again", self.conf.name)
+            self.up, self.since = True, time.time()
+
+    def unanswered(self, error: str) -> None:
+        self._unanswered += 1
+        self.error = error
+        if self.up and self._unanswered >= DOWN_AFTER:
+            logger.warning("batch backend %s is down: %s", self.conf.name, error)
+            self.up, self.since = False, time.time()
 
     def plan(self, model: str, endpoint: str) -> Plan:
         key = (model, endpoint)
@@ -140,6 +161,8 @@ class Offloader:
         self._meters: dict[str, spill.PaceMeter] = {}
         self._avoid: dict[tuple[str, str], float] = {}
         self._last_beat = 0.0
+        self._reported: tuple[tuple[bool, int], ...] | None = None
+        self._reported_at = 0.0
         #: Looks taken so far (a test waits for a few to pass).
         self.looks = 0
 
@@ -206,6 +229,7 @@ class Offloader:
         self.active = {b.id: b for b in await self.store.active_batches()}
         for chunk in await self.store.claim_chunks(self.owner, now, self.lease, _ADOPT):
             self._drive(chunk, fresh=False)
+        await self._report(now)
         mine = [b for b in self.active.values() if b.model in self.by_model]
         shares = await self.store.offload_shares([b.id for b in mine])
         for batch in mine:
@@ -215,6 +239,23 @@ class Offloader:
                 await self._plan(batch, shares.get(batch.id))
             except Exception:
                 logger.exception("offload planning of batch %s failed", batch.id)
+
+    async def _report(self, now: float) -> None:
+        """What this engine sees of its batch backends, for the API (as ``BackendReporter``
+        does for the HTTP ones): whether they answer, and the chunks it drives on each."""
+        driving = {name: 0 for name in self.routes}
+        for driver in self._drivers.values():
+            name = driver.get_name()
+            driving[name] = driving.get(name, 0) + 1
+        states = tuple((r.up, driving[name]) for name, r in self.routes.items())
+        if states == self._reported and now - self._reported_at < REPORT_EVERY:
+            return
+        reports = [
+            BackendReport(name, self.owner, r.up, r.since, r.error, 0, driving[name], now)
+            for name, r in self.routes.items()
+        ]
+        await self.store.report_backends(reports, now)
+        self._reported, self._reported_at = states, now
 
     def _drive(self, chunk: Chunk, *, fresh: bool) -> None:
         route = self.routes.get(chunk.backend)
@@ -227,7 +268,9 @@ class Offloader:
             return
         if chunk.id in self._drivers:
             return
-        task = asyncio.create_task(ChunkDriver(self, route, chunk, fresh=fresh).run())
+        task = asyncio.create_task(
+            ChunkDriver(self, route, chunk, fresh=fresh).run(), name=route.conf.name
+        )
         self._drivers[chunk.id] = task
         task.add_done_callback(lambda _: self._drivers.pop(chunk.id, None))
 
