@@ -15,10 +15,16 @@ of its uploads, creates and downloads is held for ``--hold`` seconds after it to
 
 Kills are aimed in turn at: an upload in progress, a create in progress, a chunk being polled
 (its upstream batch running) and a download in progress, each at a seeded random moment of
-that step. An aim with nothing to hit at that moment is skipped. The batch is judged at the
-end by ``lowtide.testing.invariants.check_batch``, and the fake's counters say how many times
-each chunk's batch was created and each input file uploaded, and how many times each line ran.
-Exit status 0 when every promise holds.
+that step. An aim with nothing to hit at that moment is skipped.
+
+``--fleet`` runs the same on PostgreSQL (a throwaway database on the machine's server): one
+``lowtide serve --api-only`` and two ``lowtide worker`` processes, both workers killed at each
+aim and started again. Workers of a fleet never let go of a dead one's leases at start-up: the
+chunks are taken over once their lease (``engine.lease_seconds``, 3 s here) has run out.
+
+The batch is judged at the end by ``lowtide.testing.invariants.check_batch``, and the fake's
+counters say how many times each chunk's batch was created and each input file uploaded, and
+how many times each line ran. Exit status 0 when every promise holds.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ import orjson
 from common import scratch
 from openai import OpenAI
 
+from lowtide.testing import postgres as pg
 from lowtide.testing.batch_api import BatchApiConfig, BatchApiProcess
-from lowtide.testing.harness import Lowtide, ending_children
+from lowtide.testing.harness import Lowtide, Worker, ending_children
 from lowtide.testing.invariants import Report, check_batch
 
 KEY = "sk-offload-chaos-001"
@@ -68,8 +75,8 @@ class Outcome:
     seconds: float = 0.0
 
 
-def config(api: BatchApiProcess, chunk: int) -> str:
-    return f"""
+def config(api: BatchApiProcess, chunk: int, server: str = "", lease: float = 30) -> str:
+    return f"""{server}
 [[api_keys]]
 key = "{KEY}"
 account = "chaos"
@@ -91,7 +98,7 @@ input_price = 0.8
 output_price = 2.0
 
 [engine]
-lease_seconds = 30
+lease_seconds = {lease}
 
 [account_defaults]
 retrieve_per_minute = 1000000
@@ -112,7 +119,9 @@ def input_file(n: int) -> bytes:
     return b"".join(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE) for line in lines)
 
 
-def chunk_states(server: Lowtide) -> Counter[str]:
+def chunk_states(server: Lowtide, database: str | None = None) -> Counter[str]:
+    if database is not None:
+        return pg.run_sync(_pg_chunk_states(database))
     path = server.workdir / "data" / "lowtide.db"
     if not path.exists():
         return Counter()
@@ -122,6 +131,17 @@ def chunk_states(server: Lowtide) -> Counter[str]:
             return Counter({state: n for state, n in rows})
         except sqlite3.OperationalError:
             return Counter()  # not made yet
+
+
+async def _pg_chunk_states(database: str) -> Counter[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database)
+    try:
+        rows = await conn.fetch("SELECT state, COUNT(*) FROM offload_chunks GROUP BY state")
+    finally:
+        await conn.close()
+    return Counter({row[0]: int(row[1]) for row in rows})
 
 
 def wait_until(check: Callable[[], bool], timeout: float) -> bool:
@@ -146,7 +166,21 @@ class Chaos:
         )
         self.api = BatchApiProcess(fake, log=workdir / "batch_api.log")
         (workdir / "lowtide").mkdir()
-        self.server = Lowtide(workdir / "lowtide", config(self.api, opts.chunk))
+        self.database: str | None = None
+        self.workers: list[Worker] = []
+        if opts.fleet:
+            self.database = pg.url_of(pg.run_sync(pg.create_database()))
+            shared = (
+                f'[server]\ndatabase_url = "{self.database}"\n'
+                f'storage_url = "file://{workdir / "files"}"\n'
+            )
+            toml = config(self.api, opts.chunk, shared, lease=3)
+            self.server = Lowtide(workdir / "lowtide", toml, extra_args=["--api-only"])
+            self.workers = [
+                Worker(workdir / f"worker{i}", self.server.config_path) for i in range(2)
+            ]
+        else:
+            self.server = Lowtide(workdir / "lowtide", config(self.api, opts.chunk))
         self.started = 0.0
 
     def run(self) -> Outcome:
@@ -154,6 +188,7 @@ class Chaos:
         outcome = Outcome(opts.lines)
         began = time.monotonic()
         data = input_file(opts.lines)
+        self.server.start(timeout=60)
         self._start()
         c = OpenAI(base_url=self.server.base_url, api_key=KEY, max_retries=5, timeout=60)
         upload = c.files.create(file=("input.jsonl", data), purpose="batch")
@@ -176,20 +211,29 @@ class Chaos:
         out = c.files.content(final["output_file_id"]).content if final["output_file_id"] else b""
         err = c.files.content(final["error_file_id"]).content if final["error_file_id"] else b""
         outcome.status = final["status"]
-        outcome.report = check_batch(
-            data, out, err, final, self.server.workdir / "data" / "lowtide.db"
-        )
-        outcome.chunks = sum(chunk_states(self.server).values())
+        # The database is checked too on SQLite (the checker reads SQLite only).
+        db = None if self.opts.fleet else self.server.workdir / "data" / "lowtide.db"
+        outcome.report = check_batch(data, out, err, final, db)
+        outcome.chunks = sum(chunk_states(self.server, self.database).values())
         outcome.upstream = self.api.stats(per_key=True)
         outcome.seconds = round(time.monotonic() - began, 1)
         return outcome
 
     def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
         self.server.stop()
         self.api.stop()
+        if self.database is not None:
+            pg.run_sync(pg.drop_database(self.database.rsplit("/", 1)[1]))
 
     def _start(self) -> None:
-        self.server.start(timeout=60)
+        """Start the engines: the server (SQLite), or the fleet's workers."""
+        if self.workers:
+            for worker in self.workers:
+                worker.start(timeout=60)
+        elif self.server.proc is None or self.server.proc.poll() is not None:
+            self.server.start(timeout=60)
         self.started = time.monotonic()
 
     def _aim(self, aim: str) -> bool:
@@ -198,15 +242,16 @@ class Chaos:
         checks: dict[str, Callable[[], bool]] = {
             "upload": lambda: stats()["uploading"] > 0,
             "create": lambda: stats()["creating"] > 0,
-            "poll": lambda: chunk_states(self.server)["running"] > 0,
+            "poll": lambda: chunk_states(self.server, self.database)["running"] > 0,
             "download": lambda: stats()["downloading"] > 0,
         }
         return wait_until(checks[aim], 5.0)
 
     def _kill(self, aim: str) -> Kill:
         uptime = time.monotonic() - self.started
-        self.server.kill()
-        states = chunk_states(self.server)
+        for engine in self.workers or [self.server]:
+            engine.kill()
+        states = chunk_states(self.server, self.database)
         shown = ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
         return Kill(aim, shown, round(uptime, 2))
 
@@ -249,6 +294,7 @@ def summary(opts: argparse.Namespace, o: Outcome) -> dict[str, Any]:
         "upload_calls": up.get("uploads"),
         "seconds": o.seconds,
         "idempotency": opts.idempotency,
+        "fleet": opts.fleet,
         "kill_log": [asdict(k) for k in o.kills],
     }
     result["ok"] = bool(
@@ -279,7 +325,8 @@ def table(r: dict[str, Any]) -> str:
         f"under way): {sum(r['skipped_aims'].values())}.",
         f"Upstream calls: {r['upload_calls']} uploads stored, {r['create_calls']} creates "
         f"received, for {r['chunks']} chunks.",
-        f"Idempotency-Key honoured upstream: {'yes' if r['idempotency'] else 'no'}.",
+        f"Idempotency-Key honoured upstream: {'yes' if r['idempotency'] else 'no'}; "
+        + ("a PostgreSQL fleet of two workers." if r["fleet"] else "SQLite, one server."),
         "Result: " + ("OK, every promise holds." if r["ok"] else f"FAILED: {r['problems']}"),
     ]
     return "\n".join(rows)
@@ -293,6 +340,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hold", type=float, default=0.4, help="seconds each upstream step is held")
     p.add_argument("--run-seconds", type=float, default=1.0, help="an upstream batch's run")
     p.add_argument("--idempotency", action="store_true", help="the upstream honours the key")
+    p.add_argument("--fleet", action="store_true", help="PostgreSQL, an API and two workers")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path)
     p.add_argument("--json", action="store_true")

@@ -419,3 +419,43 @@ async def test_a_batch_backend_shows_whether_it_answers(
     assert (await states())["hosted"] == "up"
     waiting = (await c.batches.retrieve(stuck.id)).model_extra["waiting_for"]
     assert waiting["backend"] == "gone" and "Connect" in waiting["error"]
+
+
+async def test_a_chunk_of_a_backend_no_longer_configured_gives_its_lines_back(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    batch_api.configure(run_seconds=600)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    lines = lines_for(5)
+    created = await submit(c, lines)
+    await eventually(lambda: _fake_running(batch_api), "the upstream batch runs")
+    await app.stop()
+    # As if the chunk's backend had been taken out of the config before the restart.
+    app.db("UPDATE offload_chunks SET backend = 'retired'")
+    batch_api.configure(run_seconds=0)
+    await app.start()
+    batch = await wait_for(c, created.id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err) and len(out) == 5
+    chunks = await app.server.store.chunks_of(created.id)
+    assert [(ch.backend, ch.state) for ch in chunks] == [("retired", "done"), ("hosted", "done")]
+    assert batch.model_extra["offloaded"]["by_backend"] == {"hosted": 5, "retired": 0}
+
+
+async def test_lines_that_grow_past_the_upstreams_limit_fail_after_their_attempts(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    # An override that adds 2 KiB to each line: more than the room kept for it. Two lines
+    # fit 4 KiB as they are stored (with their room), not once they have grown.
+    extra = batch_backend(batch_api, max_chunk_bytes=4096) + (
+        'overrides = { user = "' + "x" * 2048 + '" }\n'
+    )
+    app = await lowtide_app(None, extra=extra, max_attempts=2)
+    c = app.client(ALICE)
+    lines = lines_for(2)
+    batch = await wait_for(c, (await submit(c, lines)).id)
+    out, err = await read_results(c, batch)
+    assert out == [] and {e["error"]["code"] for e in err} == {"upstream_batch_failed"}
+    assert "over the upstream's" in err[0]["error"]["message"]
+    assert batch_api.stats()["uploads"] == 0

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 import openai
 
@@ -89,8 +89,9 @@ class BatchApi:
     async def close(self) -> None:
         await self._client.close()
 
-    async def upload(self, filename: str, data: bytes) -> str:
-        """Upload an input file (purpose ``batch``); its id."""
+    async def upload(self, filename: str, data: bytes | BinaryIO) -> str:
+        """Upload an input file (purpose ``batch``), its bytes or a file read from its
+        start; its id."""
         made = await _call(
             lambda: self._client.files.create(
                 file=(filename, data, "application/jsonl"), purpose="batch"

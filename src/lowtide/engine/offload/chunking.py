@@ -11,6 +11,7 @@ leave lowtide, and the answers map back to lines without a lookup.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import orjson
 
@@ -23,6 +24,11 @@ from lowtide.domain.offload import LINE_SLACK, ChunkLine, UpstreamLimits
 #: a chunk of a whole file is a handful of reads, not one per line).
 _READ_GAP = 64 * 1024
 _READ_SPAN = 8 * 1024 * 1024
+
+
+class TooLarge(errors.BackendError):
+    """The chunk's lines grew past the upstream's limit on their way (more than the room kept
+    for them): it cannot be sent as it is."""
 
 
 def longest_line(limits: UpstreamLimits) -> int:
@@ -52,22 +58,21 @@ async def build_file(
     plan: Plan,
     endpoint: str,
     limits: UpstreamLimits,
-) -> bytes:
-    """The upstream input file of a chunk's ``lines`` (read from the batch's input file)."""
-    parts: list[tuple[int, bytes]] = []
+    out: BinaryIO,
+) -> int:
+    """Write the upstream input file of a chunk's ``lines`` (read from the batch's input file)
+    to ``out``, in line order; its size. Lines lie in the input file in line order, so reading
+    by offset writes them in order, a run at a time: memory holds one run, not the file."""
+    size = 0
     for run in _runs(sorted(lines, key=lambda c: c.offset)):
         start = run[0].offset
         data = await blobs.read_range(input_key, start, run[-1].offset + run[-1].length - start)
         for item in run:
             raw = data[item.offset - start : item.offset - start + item.length]
-            parts.append((item.line, _upstream_line(raw, item.line, plan, endpoint)))
-    parts.sort()
-    body = b"".join(part for _, part in parts)
-    if len(body) > limits.max_file_bytes:
-        raise errors.BackendError(
-            f"the chunk's file is {len(body)} bytes, over the upstream's {limits.max_file_bytes}"
-        )
-    return body
+            size += out.write(_upstream_line(raw, item.line, plan, endpoint))
+        if size > limits.max_file_bytes:
+            raise TooLarge(f"the chunk's file is over the upstream's {limits.max_file_bytes} bytes")
+    return size
 
 
 def _upstream_line(raw: bytes, line: int, plan: Plan, endpoint: str) -> bytes:

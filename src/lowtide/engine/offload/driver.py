@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -139,24 +140,31 @@ class ChunkDriver:
             return
         async with self.off.uploads:
             lines = await self.off.store.chunk_lines(self.chunk.id)
-            data = await chunking.build_file(
-                self.off.blobs,
-                active.input_blob_key,
-                lines,
-                self.route.plan(active.model, active.endpoint),
-                active.endpoint,
-                self.route.limits,
-            )
-            name = chunk_file_name(self.chunk.id)
-            file_id = None
-            if not self.fresh:  # an upload may have reached the upstream, its answer lost
-                file_id = await self._api_call(
-                    self.route.api.find_file, name, self.chunk.created_at
-                )
-            if file_id is None:
-                self.fresh = False
-                file_id = await self._api_call(self.route.api.upload, name, data)
-        self.chunk.file_id, self.chunk.bytes, self.chunk.state = file_id, len(data), UPLOADED
+            with tempfile.TemporaryFile() as data:
+                try:
+                    size = await chunking.build_file(
+                        self.off.blobs,
+                        active.input_blob_key,
+                        lines,
+                        self.route.plan(active.model, active.endpoint),
+                        active.endpoint,
+                        self.route.limits,
+                        data,
+                    )
+                except chunking.TooLarge as exc:
+                    await self._fail_whole(exc.message)
+                    return
+                name = chunk_file_name(self.chunk.id)
+                file_id = None
+                if not self.fresh:  # an upload may have reached the upstream, its answer lost
+                    file_id = await self._api_call(
+                        self.route.api.find_file, name, self.chunk.created_at
+                    )
+                if file_id is None:
+                    self.fresh = False
+                    data.seek(0)
+                    file_id = await self._api_call(self.route.api.upload, name, data)
+        self.chunk.file_id, self.chunk.bytes, self.chunk.state = file_id, size, UPLOADED
         await self._save()
 
     async def _create(self) -> None:

@@ -33,6 +33,7 @@ from lowtide.blobs import BlobStore
 from lowtide.domain.backends import REPORT_EVERY, BackendReport
 from lowtide.domain.offload import (
     CLAIMED,
+    DONE,
     HELD_UNTIL,
     Chunk,
     Offloaded,
@@ -44,7 +45,7 @@ from lowtide.domain.records import BatchRecord
 from lowtide.domain.work import FAILED, ActiveBatch, Outcome
 from lowtide.engine import outcomes
 from lowtide.engine.health import DOWN_AFTER
-from lowtide.engine.offload import chunking, spill
+from lowtide.engine.offload import chunking, results, spill
 from lowtide.engine.offload.driver import ChunkDriver
 from lowtide.settings import BackendSettings, Settings
 from lowtide.store import Store
@@ -258,21 +259,41 @@ class Offloader:
         self._reported, self._reported_at = states, now
 
     def _drive(self, chunk: Chunk, *, fresh: bool) -> None:
+        if chunk.id in self._drivers:
+            return
         route = self.routes.get(chunk.backend)
         if route is None:
-            logger.error(
-                "chunk %s belongs to batch backend %s, which is no longer configured: it waits",
-                chunk.id,
-                chunk.backend,
-            )
-            return
-        if chunk.id in self._drivers:
+            task = asyncio.create_task(self._orphaned(chunk), name=chunk.backend)
+            self._drivers[chunk.id] = task
+            task.add_done_callback(lambda _: self._drivers.pop(chunk.id, None))
             return
         task = asyncio.create_task(
             ChunkDriver(self, route, chunk, fresh=fresh).run(), name=route.conf.name
         )
         self._drivers[chunk.id] = task
         task.add_done_callback(lambda _: self._drivers.pop(chunk.id, None))
+
+    async def _orphaned(self, chunk: Chunk) -> None:
+        """A chunk of a batch backend no longer configured: lowtide cannot reach its upstream
+        batch any more (nor cancel it), so its lines go back, to run elsewhere; whatever that
+        batch still runs upstream is never recorded."""
+        logger.error(
+            "chunk %s belongs to batch backend %s, which is no longer configured: its %d lines "
+            "go back; its upstream batch %s is left as it is",
+            chunk.id,
+            chunk.backend,
+            chunk.lines,
+            chunk.upstream_id,
+        )
+        lines = await self.store.chunk_lines(chunk.id)
+        finished = await self.store.record_outcomes(
+            results.give_back(chunk.batch_id, lines), int(time.time())
+        )
+        if finished:
+            self.on_finished(finished)
+        chunk.state, chunk.recorded, chunk.updated_at = DONE, len(lines), time.time()
+        chunk.error = "its batch backend is no longer configured"
+        await self.store.finish_chunk(chunk)
 
     async def _plan(self, batch: ActiveBatch, shares: tuple[Offloaded, int] | None) -> None:
         record = await self.store.get_batch(None, batch.id)
