@@ -5,6 +5,7 @@ directly (by the upstream lowtide itself)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import openai
 import pytest
 
+from lowtide.backends.batch_api import BatchApi
+from lowtide.settings import BackendSettings
 from lowtide.testing.harness import Lowtide, Upstream
 from tests.support import commands
 from tests.support.batches import ALICE, MODEL, assert_each_once, chat_line, jsonl
@@ -82,6 +85,38 @@ def test_a_batch_lands_entirely_through_an_upstream_lowtide(
     per_key = upstream.stats(per_key=True)["per_key"]
     assert len(per_key) == 2000 and set(per_key.values()) == {2}
     assert MODEL in {b.model for b in inner_batches}
+    assert {b.metadata["ds_name"] for b in inner_batches} == {
+        f"lowtide {b.metadata['lowtide_chunk']}" for b in inner_batches
+    }
+
+
+def test_lowtide_as_an_upstream_honours_the_idempotency_key_and_is_searchable(
+    make_server: ServerFactory,
+) -> None:
+    """What makes a create exactly once against another lowtide: the same key answers the
+    first batch, and a batch is found by the chunk id in its metadata."""
+    inner: Lowtide = make_server(None)
+
+    async def calls() -> tuple[str, str, str | None, str | None]:
+        api = BatchApi(
+            BackendSettings(
+                name="inner", kind="batch", base_url=inner.base_url, api_key=ALICE, models=["m"]
+            )
+        )
+        try:
+            line = chat_line("1", "hi", model="batch-test-model", url="/v1/chat/ds-test")
+            file_id = await api.upload("lowtide-chunk_x.jsonl", jsonl([line]))
+            first = await api.create(file_id, "/v1/chat/ds-test", "24h", "chunk_x", "batch_y")
+            again = await api.create(file_id, "/v1/chat/ds-test", "24h", "chunk_x", "batch_y")
+            found = await api.find_batch("chunk_x", first.created_at)
+            named = await api.find_file("lowtide-chunk_x.jsonl", first.created_at)
+            return first.id, again.id, found.id if found else None, named
+        finally:
+            await api.close()
+
+    first, again, found, named = asyncio.run(calls())
+    assert first == again == found and named is not None
+    assert len(list(client(inner).batches.list())) == 1
 
 
 @pytest.mark.timeout(600)

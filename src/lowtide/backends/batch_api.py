@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The metadata keys that carry a chunk's identity on its upstream batch.
+#: The metadata keys that carry a chunk's identity on its upstream batch; Model Studio's
+#: console shows ``ds_name``, which carries it too (``lowtide <chunk id>``).
 CHUNK_KEY = "lowtide_chunk"
 BATCH_KEY = "lowtide_batch"
+NAME_KEY = "ds_name"
 #: Upstream objects created this long before the chunk's own record are still looked at when
 #: searching (clocks of two machines differ).
 CLOCK_SLACK = 300.0
@@ -129,7 +131,7 @@ class BatchApi:
                 input_file_id=file_id,
                 endpoint=cast(Any, endpoint),
                 completion_window=cast(Any, window),
-                metadata={CHUNK_KEY: chunk_id, BATCH_KEY: batch_id},
+                metadata={CHUNK_KEY: chunk_id, BATCH_KEY: batch_id, NAME_KEY: _name(chunk_id)},
                 extra_headers={"Idempotency-Key": chunk_id},
             )
         )
@@ -144,7 +146,7 @@ class BatchApi:
             seen = 0
             page: list[Any] = []
             async for found in self._client.batches.list(limit=PAGE):
-                if (found.metadata or {}).get(CHUNK_KEY) == chunk_id:
+                if _carries(found.metadata or {}, chunk_id):
                     return _batch(found)
                 page.append(found)
                 seen += 1
@@ -177,6 +179,14 @@ class BatchApi:
         """Delete a file; one that is already gone is fine."""
         with contextlib.suppress(Gone):
             await _call(lambda: self._client.files.delete(file_id))
+
+
+def _name(chunk_id: str) -> str:
+    return f"lowtide {chunk_id}"
+
+
+def _carries(metadata: dict[str, str], chunk_id: str) -> bool:
+    return metadata.get(CHUNK_KEY) == chunk_id or metadata.get(NAME_KEY) == _name(chunk_id)
 
 
 def _old_page(page: list[Any], since: float) -> bool:
