@@ -282,7 +282,10 @@ class ChunkDriver:
         if status == "cancelled":
             message = "The upstream batch was cancelled (not by lowtide) before this request ran."
             return Plan(results.Unfinished(False, "upstream_batch_cancelled", message), True)
-        return Plan(results.Unfinished(False), elsewhere=status == "expired")
+        if status == "expired":
+            return Plan(results.Unfinished(False), elsewhere=True)
+        message = "The upstream batch ended without a result for this request."
+        return Plan(results.Unfinished(False, "upstream_result_missing", message), True)
 
     async def _clean(self) -> None:
         if self.route.conf.delete_files:
@@ -416,6 +419,14 @@ class ChunkDriver:
         self.refusals += 1
         if self.refusals < MAX_REFUSALS:
             return False
+        if self.chunk.state == CREATING:
+            # An earlier create with no answer may have made the batch after all.
+            found = await self._api_call(
+                self.route.api.find_batch, self.chunk.id, self.chunk.created_at
+            )
+            if found is not None:
+                await self._running(found)
+                return True
         await self._fail_whole(exc.message)
         return True
 

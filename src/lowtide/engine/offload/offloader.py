@@ -319,16 +319,16 @@ class Offloader:
             want -= made
 
     def _route_for(self, batch: ActiveBatch) -> Route | None:
-        """The first batch backend of the model not avoided for this batch (all of them when
-        the model has no HTTP backend to go to instead)."""
+        """The first batch backend of the model not avoided for this batch; when every one
+        is, none if the model has HTTP backends to go to instead, else the first."""
         routes = self.by_model.get(batch.model, [])
-        if batch.model not in self.http_models:
-            return routes[0] if routes else None
         now = time.monotonic()
         for route in routes:
             if self._avoid.get((batch.id, route.conf.name), 0.0) <= now:
                 return route
-        return None
+        if batch.model in self.http_models or not routes:
+            return None
+        return routes[0]
 
     def _wanted(
         self,
