@@ -147,19 +147,27 @@ def test_a_backlog_counts_the_batches_due_before() -> None:
     assert order(early, later, top) == ["early", "top", "late"]
 
 
-def test_everything_is_urgent_within_the_floor_or_without_a_pace() -> None:
+def test_the_floor_and_a_stall_make_batches_urgent() -> None:
     a = B("a", expires_at=int(NOW) + 500, remaining=1)
     b = B("b", expires_at=int(NOW) + 9000, priority=5)
     assert order(a, b) == ["a", "b"]
-    unknown = [B("x", pace=None, expires_at=int(NOW) + 100000), B("y", pace=None, priority=3)]
-    assert order(*unknown) == ["x", "y"]  # earliest deadline first
+    # Lines stopped ending: no time is enough, every batch is urgent (earliest deadline first).
+    stalled = [B("x", pace=0.0, expires_at=int(NOW) + 80000), B("y", pace=0.0, priority=3)]
+    assert order(*stalled) == ["x", "y"]
+
+
+def test_priority_holds_before_the_pace_is_known() -> None:
+    unknown = [B("x", pace=None, expires_at=int(NOW) + 3600), B("y", pace=None, priority=3)]
+    assert order(*unknown) == ["y", "x"]
+    near = B("x", pace=None, expires_at=int(NOW) + 300)
+    assert order(near, B("y", pace=None, priority=3)) == ["x", "y"]  # within the floor
 
 
 def test_models_are_judged_apart() -> None:
-    # Model n has no pace: its batches are urgent; model m's priority holds among its own.
+    # Model n ends no lines: its batches are urgent; model m's priority holds among its own.
     m_low = B("m_low", expires_at=int(NOW) + 3600)
     m_high = B("m_high", expires_at=int(NOW) + 7200, priority=5)
-    n_one = B("n_one", model="n", pace=None, expires_at=int(NOW) + 8000)
+    n_one = B("n_one", model="n", pace=0.0, expires_at=int(NOW) + 8000)
     assert order(m_low, m_high, n_one) == ["n_one", "m_high", "m_low"]
 
 
@@ -247,16 +255,18 @@ def test_the_scanner_counts_what_the_validator_would_keep() -> None:
     data = (
         b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(x).encode() for x in lines_) + b"\n\nnot json\n"
     )
-    tally = estimate.Tally(
-        "/v1/chat/completions", [estimate.Limit(("max_completion_tokens", "max_tokens"))]
-    )
+    fields = ("max_completion_tokens", "max_tokens")
+    tally = estimate.Tally("/v1/chat/completions", fields)
     scanner = estimate.LineScanner(tally)
     for i in range(0, len(data), 7):  # chunks that cut lines anywhere, the BOM too
         scanner.feed(data[i : i + 7])
     scanner.finish()
     assert (tally.lines, tally.chars) == (2, 48)
     assert tally.approx_tokens == 10 + 4 + 2 + 4
-    assert (tally.output_max, tally.unbounded) == (7, 1)
+    assert tally.output_ceiling([estimate.Limit(fields)]) == (7, 1)
+    assert tally.output_ceiling([estimate.Limit(fields, default=100)]) == (107, 0)
+    capped = [estimate.Limit(fields, default=100, cap=5), estimate.Limit(fields, default=50)]
+    assert tally.output_ceiling(capped) == (7 + 50, 0)  # the most any backend allows a line
     first = len(json.dumps(lines_[0]))
     assert [(o, n) for o, n, _ in tally.sample] == [
         (3, first),

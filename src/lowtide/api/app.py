@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import lowtide
-from lowtide.api import backends, batches, errors, files, health, metrics, openapi, web
+from lowtide.api import backends, batches, controls, errors, files, health, metrics, openapi, web
 from lowtide.api.auth import Authenticator
 from lowtide.api.middleware import LimitBodies, RateLimitHeaders, RejectBodyOnReads
 from lowtide.blobs import BlobStore
 from lowtide.service.backends import BackendService
 from lowtide.service.batches import BatchService
+from lowtide.service.controls import ControlService
+from lowtide.service.estimate import EstimateService
 from lowtide.service.files import FileService
 from lowtide.service.ratelimit import MemoryRateLimiter, RateLimiter
 from lowtide.settings import Settings
@@ -64,10 +66,13 @@ def create_app(
     app.state.files = FileService(settings, store, blobs)
     app.state.backends = BackendService(settings, store)
     app.state.batches = BatchService(settings, store, wake, app.state.backends)
+    app.state.controls = ControlService(settings, store, blobs, app.state.batches)
+    app.state.estimates = EstimateService(settings, store, blobs)
     app.state.metrics_refreshers = list(refreshers)
     errors.install(app)
     for prefix in PREFIXES:
         app.include_router(files.router, prefix=prefix)
+        app.include_router(controls.router, prefix=prefix)  # before /batches/{batch_id}
         app.include_router(batches.router, prefix=prefix)
         app.include_router(backends.router, prefix=prefix)
     app.include_router(health.router)

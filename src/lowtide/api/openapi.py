@@ -83,6 +83,7 @@ class _Operation:
     query: type[BaseModel] | None = None  #: the query parameters it reads itself
     body: tuple[str, type[BaseModel]] | None = None  #: media type and model of its body
     links: Links = field(default_factory=dict)
+    body_required: bool = True  #: the body may be left out
 
 
 _FILE_LINKS: Links = {
@@ -102,6 +103,10 @@ _FILE_LINKS: Links = {
 _BATCH_LINKS: Links = {
     "RetrieveBatch": ("retrieveBatch", {"batch_id": "$response.body#/id"}, None),
     "CancelBatch": ("cancelBatch", {"batch_id": "$response.body#/id"}, None),
+    "BatchResults": ("batchResults", {"batch_id": "$response.body#/id"}, None),
+    "PauseBatch": ("pauseBatch", {"batch_id": "$response.body#/id"}, None),
+    "ResumeBatch": ("resumeBatch", {"batch_id": "$response.body#/id"}, None),
+    "RetryBatch": ("retryBatch", {"batch_id": "$response.body#/id"}, None),
 }
 # Every authenticated operation may answer 400 (a body on a read, a malformed request),
 # 401 and 429; the rest depends on what it does.
@@ -132,6 +137,29 @@ OPERATIONS: dict[tuple[str, str], _Operation] = {
         "cancelBatch", errors=(401, 404, 409, 413, 429)
     ),
     ("get", "/backends"): _Operation("listBackends", errors=(400, 401, 429)),
+    # The batch controls (docs/extensions.md).
+    ("post", "/batches/estimate"): _Operation(
+        "estimateBatch",
+        errors=(400, 401, 413, 429),
+        body=("application/json", params.BatchEstimateRequest),
+    ),
+    ("get", "/batches/{batch_id}/results"): _Operation(
+        "batchResults", errors=(400, 401, 404, 429), query=params.ResultsQuery
+    ),
+    ("post", "/batches/{batch_id}/pause"): _Operation(
+        "pauseBatch", errors=(401, 404, 409, 413, 429)
+    ),
+    ("post", "/batches/{batch_id}/resume"): _Operation(
+        "resumeBatch", errors=(401, 404, 409, 413, 429)
+    ),
+    ("post", "/batches/{batch_id}/retry"): _Operation(
+        "retryBatch",
+        errors=(400, 401, 403, 404, 409, 413, 429),
+        header=True,
+        body=("application/json", params.BatchRetry),
+        links=_BATCH_LINKS,
+        body_required=False,
+    ),
 }
 #: Unauthenticated operations, to their operation ids.
 PUBLIC = {("get", "/health"): "health", ("get", "/ready"): "ready"}
@@ -139,6 +167,8 @@ PUBLIC = {("get", "/health"): "health", ("get", "/ready"): "ready"}
 _EXTRA_MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (wire.Error, "serialization"),
     (params.BatchCreate, "validation"),
+    (params.BatchEstimateRequest, "validation"),
+    (params.BatchRetry, "validation"),
     (params.FileUpload, "validation"),
 )
 
@@ -227,7 +257,7 @@ def _describe(operation: Json, spec: _Operation, suffix: str) -> None:
     if spec.body is not None:
         media_type, model = spec.body
         operation["requestBody"] = {
-            "required": True,
+            "required": spec.body_required,
             "content": {media_type: {"schema": _ref(model)}},
         }
     responses = operation["responses"]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from lowtide.domain import controls
 from lowtide.domain.ids import ID_PATTERN
 from lowtide.domain.status import Status
 from lowtide.domain.validation import ENDPOINTS
@@ -78,6 +79,61 @@ class BatchCreate(BaseModel):
         "body fields; both given must agree.",
     )
     output_expires_after: OutputExpiresAfter | None = None
+    # The batch controls (lowtide's extensions, docs/extensions.md; ``extra_body`` in the SDK).
+    priority: int | None = Field(
+        None,
+        ge=controls.PRIORITY_RANGE[0],
+        le=controls.PRIORITY_RANGE[1],
+        description="Higher is served first, unless another batch's deadline is near (0 by "
+        "default).",
+    )
+    max_cost: float | None = Field(
+        None, gt=0, description="Stop the batch once its cost reaches this (`cost.currency`)."
+    )
+    max_error_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Stop the batch once more than this share of its ended lines failed "
+        f"(judged from {controls.ERROR_RATE_MIN_LINES} ended lines).",
+    )
+
+
+class BatchEstimateRequest(BaseModel):
+    """The body of `POST /batches/estimate`."""
+
+    input_file_id: str = Field(description="A `purpose=batch` file of this account.")
+    endpoint: Annotated[str, WithJsonSchema({"enum": list(ENDPOINTS)})]
+
+
+class BatchRetry(BaseModel):
+    """The body of `POST /batches/{batch_id}/retry` (optional): which failed lines, and the
+    controls that differ from the original batch's."""
+
+    codes: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="Retry only the lines whose error has one of these codes.",
+    )
+    priority: int | None = Field(None, ge=controls.PRIORITY_RANGE[0], le=controls.PRIORITY_RANGE[1])
+    max_cost: float | None = Field(None, gt=0)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    idempotency_key: str | None = Field(None, pattern=f"^[ -~]{{1,{MAX_KEY_LENGTH}}}$")
+
+
+class ResultsQuery(BaseModel):
+    """The query of `GET /batches/{batch_id}/results`."""
+
+    kind: Literal["all", "output", "errors"] = Field(
+        "all", description="Output lines, error lines, or both."
+    )
+    after: int = Field(0, ge=0, le=9_999_999_999, description="Only lines after this one.")
+    contiguous: Literal["true", "false"] = Field(
+        "false",
+        description="Only up to the first line with no result yet: then `after` = the last "
+        "`Lowtide-Last-Line` never gives a line twice.",
+    )
 
 
 # ------------------------------------------------------------------------- upload a file

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -100,16 +101,18 @@ def _text(content: Any) -> str:
 
 @dataclass
 class Tally:
-    """Counts over the request lines of one file, fed one parsed body at a time."""
+    """Counts over the request lines of one file, fed one parsed body at a time.
+    ``fields``: the names of the output-token limit at the file's endpoint."""
 
     endpoint: str
-    limits: Sequence[Limit]
+    fields: tuple[str, ...]
     lines: int = 0
     approx_tokens: int = 0
     chars: int = 0
-    output_max: int = 0
-    unbounded: int = 0
-    #: (offset, length, characters) of the lines kept for a tokenizer: a uniform sample.
+    #: How many lines give each output-token limit (None: the line gives none).
+    limits: Counter[int | None] = field(default_factory=Counter)
+    #: (offset, length, approximate tokens) of the lines kept for a tokenizer: a uniform
+    #: sample.
     sample: list[tuple[int, int, int]] = field(default_factory=list)
     _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
 
@@ -118,14 +121,25 @@ class Tally:
         self.lines += 1
         self.approx_tokens += prompt.approx_tokens()
         self.chars += len(prompt.text)
-        self._keep((offset, length, len(prompt.text)))
+        self._keep((offset, length, prompt.approx_tokens()))
+        given = next((body[f] for f in self.fields if body.get(f) is not None), None)
+        self.limits[given if type(given) is int else None] += 1
+
+    def output_ceiling(self, limits: Sequence[Limit]) -> tuple[int, int]:
+        """(the sum of the lines' output-token ceilings, the lines that have none) when each
+        line may go to a backend limiting it by any of ``limits``: its ceiling is the most of
+        theirs, and a line that one of them leaves unlimited has none."""
         if self.endpoint == _EMBEDDINGS:
-            return
-        ceilings = [limit.of(body) for limit in self.limits] or [None]
-        if any(c is None for c in ceilings):
-            self.unbounded += 1
-        else:
-            self.output_max += max(c for c in ceilings if c is not None)
+            return 0, 0
+        total = unbounded = 0
+        for given, count in self.limits.items():
+            body = {self.fields[0]: given} if given is not None and self.fields else {}
+            ceilings = [limit.of(body) for limit in limits] or [None]
+            if any(c is None for c in ceilings):
+                unbounded += count
+            else:
+                total += count * max(c for c in ceilings if c is not None)
+        return total, unbounded
 
     def _keep(self, item: tuple[int, int, int]) -> None:
         # Reservoir sampling (algorithm R), seeded: the same file gives the same sample.

@@ -5,9 +5,10 @@ order that has work for it.
 1. *Urgent* batches first, earliest deadline (``expires_at``) first. A batch is urgent when the
    time left before its deadline is at most ``URGENT_FACTOR`` times what its model's backends
    need, at their recent pace, to run its lines left and those of every other batch of the
-   same model due no later than it; or at most ``URGENT_FLOOR`` seconds, whatever the pace;
-   or whenever the model's pace is not known (no batch of it has run ``pace.MIN_SPAN`` seconds
-   yet): then every batch of the model is urgent, which is plain earliest-deadline-first.
+   same model due no later than it (while the model's batches end no lines, that time is
+   endless: every batch is urgent, which is plain earliest-deadline-first); or at most
+   ``URGENT_FLOOR`` seconds, whatever the pace. Until the model's pace is known (no batch of
+   it has run ``pace.MIN_SPAN`` seconds yet), only that floor makes a batch urgent.
 2. Then the others: higher ``priority`` first, then earliest deadline.
 
 Why this keeps deadlines: priority reorders only batches that are not urgent, and a batch
@@ -63,7 +64,7 @@ def serve_order(batches: Sequence[C], now: float) -> list[C]:
 
 
 def _urgent(batches: Sequence[C], now: float) -> list[bool]:
-    pace: dict[str, float] = defaultdict(float)
+    pace: dict[str, float] = defaultdict(float)  # only models with a known pace
     for b in batches:
         if b.pace is not None:
             pace[b.model] += b.pace
@@ -72,7 +73,14 @@ def _urgent(batches: Sequence[C], now: float) -> list[bool]:
     for b in batches:  # deadline order: each batch's backlog holds every one due before it
         backlog[b.model] += max(0, b.remaining)
         left = b.expires_at - now
-        rate = pace.get(b.model, 0.0)
-        need = backlog[b.model] / rate if rate > 0 else math.inf
+        need = _need(backlog[b.model], pace.get(b.model))
         found.append(left <= URGENT_FLOOR or left <= URGENT_FACTOR * need)
     return found
+
+
+def _need(backlog: int, rate: float | None) -> float:
+    """Seconds to run ``backlog`` lines at ``rate`` a second: none while the pace is not known
+    (the floor alone decides), endless while lines stop ending."""
+    if rate is None:
+        return 0.0
+    return backlog / rate if rate > 0 else math.inf

@@ -31,6 +31,8 @@ class ActiveBatch:
     remaining: int = field(default=0, compare=False)
     #: Lines ended per second lately (``lowtide.domain.pace``); None: not known yet.
     pace: float | None = field(default=None, compare=False)
+    #: It has a cap (``max_cost``, ``max_error_rate``): a group commit may stop it.
+    capped: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

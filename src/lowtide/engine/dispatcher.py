@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -78,6 +78,9 @@ class Dispatcher:
         self._stopping = False
         self._active: list[ActiveBatch] = []
         self._active_loaded = 0.0
+        # Set by wake(): the list above may hold a batch that no longer runs (cancelled,
+        # paused, stopped by a cap), so nothing more is started from it until it is read again.
+        self._stale = False
         # Claimed ahead of the free slots (see the module docstring), per batch; and counts
         # per model of those queued and of those in flight.
         self._ready: dict[ActiveBatch, deque[Claim]] = {}
@@ -87,7 +90,16 @@ class Dispatcher:
     def wake(self) -> None:
         """Something changed (a new batch, a cancel): look again at once."""
         self._active_loaded = 0.0
+        self._stale = True
         self._wake.set()
+        self._slot_freed.set()  # the claim loop may be waiting for a slot: it looks now
+
+    def committed(self, group: Sequence[Outcome]) -> None:
+        """A group commit touched these outcomes' batches: one with a cap may have been
+        stopped by it (``lowtide.engine.caps``), so look at the running batches again."""
+        capped = {b.id for b in self._active if b.capped}
+        if capped and any(o.batch_id in capped for o in group):
+            self.wake()
 
     def stop(self) -> None:
         self._stopping = True
@@ -122,11 +134,15 @@ class Dispatcher:
 
     async def _round(self) -> tuple[int, bool]:
         claimed, starved = 0, False
+        # Models whose claim came back full this round: the batches after, which come later
+        # in the serving order, claim nothing for them until the next round (else they would
+        # take the places claimed ahead while the first batch's claims were already started).
+        full: set[str] = set()
         for batch in await self._batches():
             if self._stopping:
                 break
             self._start_ready(batch)
-            want = self._wanted(batch.model)
+            want = 0 if batch.model in full else self._wanted(batch.model)
             if want > 0:
                 claims = await self.store.claim_requests(
                     batch.id, self.owner, min(want, _MAX_CLAIM), time.time(), self.lease
@@ -134,6 +150,8 @@ class Dispatcher:
                 self._ready.setdefault(batch, deque()).extend(claims)
                 self._queued[batch.model] += len(claims)
                 claimed += len(claims)
+                if len(claims) == min(want, _MAX_CLAIM):
+                    full.add(batch.model)
                 self._start_ready(batch)
             starved = starved or self.router.free(batch.model) <= 0
         return claimed, starved
@@ -169,8 +187,9 @@ class Dispatcher:
 
     def _next(self, model: str) -> tuple[ActiveBatch, Claim, Slot] | None:
         """A slot of ``model`` freed: the next queued request for the task that freed it,
-        earliest deadline first; None if none waits, no slot is free or we stop."""
-        if self._stopping:
+        earliest deadline first; None if none waits, no slot is free or we stop (or the
+        batches must be read again first: the claim loop then starts what waits)."""
+        if self._stopping or self._stale:
             return None
         for batch in self._active:
             if batch.model == model and self._ready.get(batch):
@@ -184,8 +203,10 @@ class Dispatcher:
     async def _batches(self) -> list[ActiveBatch]:
         now = time.monotonic()
         if now - self._active_loaded > _ACTIVE_REFRESH:
+            self._stale = False
             self._active = await self.store.active_batches()
-            self._active_loaded = now
+            # A wake() during the read above asks for another: it may have missed the change.
+            self._active_loaded = 0.0 if self._stale else now
             self._give_back(set(self._active))
         return self._active
 

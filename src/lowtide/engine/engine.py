@@ -66,6 +66,7 @@ class Engine:
             interval=conf.commit_interval,
             max_batch=conf.commit_batch,
             on_finished=self._finalize_soon,
+            on_committed=lambda group: self.dispatcher.committed(group),
         )
         policy = outcomes.RetryPolicy(
             conf.max_attempts, conf.retry_base_delay, conf.retry_max_delay

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lowtide.domain.work import Outcome
 from lowtide.engine.events import wait_event
@@ -28,8 +28,11 @@ class ResultSink:
         interval: float,
         max_batch: int,
         on_finished: Callable[[list[str]], None],
+        on_committed: Callable[[Sequence[Outcome]], None] | None = None,
     ) -> None:
+        """``on_committed(group)`` is told of each group once it is committed."""
         self.store = store
+        self.on_committed = on_committed
         self.interval = interval
         self.max_batch = max_batch
         self.on_finished = on_finished
@@ -68,5 +71,7 @@ class ResultSink:
             await asyncio.sleep(0.5)
             return
         self.committed += len(group)
+        if self.on_committed is not None:
+            self.on_committed(group)
         if finished:
             self.on_finished(finished)

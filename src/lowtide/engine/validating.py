@@ -11,6 +11,7 @@ from lowtide import metrics
 from lowtide.blobs import BlobStore
 from lowtide.domain import validation
 from lowtide.domain.records import BatchRecord, JsonDict, Pricing
+from lowtide.settings import Settings
 from lowtide.store import Store
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ async def validate_batch(
     """Validate one claimed batch; True if it moved to in_progress. With ``prefix_order``
     its requests are ranked for sending (``lowtide.domain.prefix``), else sent in file order."""
     started = time.monotonic()
-    source = await _input_of(store, batch)
+    source = await input_of(store, batch)
     if source is None or source[0] != "batch":
-        problem = _file_problem(batch, source[0] if source else None)
+        problem = file_problem(batch.input_file_id, source[0] if source else None)
         await store.fail_validation(batch.id, owner, [problem], int(time.time()))
         return False
     validator = validation.Validator(batch.endpoint, serves, limits, prefix_order=prefix_order)
@@ -63,7 +64,7 @@ async def validate_batch(
     )
 
 
-async def _input_of(store: Store, batch: BatchRecord) -> tuple[str, str] | None:
+async def input_of(store: Store, batch: BatchRecord) -> tuple[str, str] | None:
     """(purpose, blob key) of the batch's input file, if it has one.
 
     A file deleted after the batch was created is still its input: the delete kept it for
@@ -76,13 +77,23 @@ async def _input_of(store: Store, batch: BatchRecord) -> tuple[str, str] | None:
     return await store.kept_input(batch.id)
 
 
-def _file_problem(batch: BatchRecord, purpose: str | None) -> JsonDict:
+def file_problem(input_file_id: str, purpose: str | None) -> JsonDict:
     """The error of a missing input file, or one not for batches (docs/api-compatibility.md,
     "Create batch")."""
     if purpose is None:
         message = (
-            f"Cannot find file {batch.input_file_id}, or it is not accessible to this account."
+            f"Cannot find file {input_file_id}, or it is not accessible to this account."
         )
     else:
-        message = f"File {batch.input_file_id} does not have purpose 'batch'."
+        message = f"File {input_file_id} does not have purpose 'batch'."
     return {"code": "invalid_request", "message": message, "param": "input_file_id", "line": None}
+
+
+def validation_limits(settings: Settings) -> validation.Limits:
+    """The limits a batch's input file is validated against (``[limits]``)."""
+    conf = settings.limits
+    return validation.Limits(
+        max_lines=conf.max_lines,
+        max_file_bytes=conf.max_file_bytes,
+        max_line_bytes=conf.max_line_bytes,
+    )

@@ -13,11 +13,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from lowtide import errors, metrics
-from lowtide.domain import ids
+from lowtide.domain import ids, pace
 from lowtide.domain.accounts import BATCH_KIND
 from lowtide.domain.records import BatchFilter, BatchRecord, JsonDict
 from lowtide.domain.status import TERMINAL, Status, parse_statuses
 from lowtide.domain.validation import ENDPOINTS, TEST_ENDPOINT
+from lowtide.service import control_params
 from lowtide.service.backends import BackendService
 from lowtide.service.idempotency import Attempt, check_key
 from lowtide.service.offload import mark_offloaded
@@ -61,8 +62,9 @@ _TYPE_NAMES = {
 
 
 @dataclass(frozen=True, slots=True)
-class _CreateParams:
-    """The parameters of a batch create, checked."""
+class CreateParams:
+    """The parameters of a batch create, checked; the batch controls (docs/extensions.md)
+    come last."""
 
     endpoint: str
     completion_window: str
@@ -70,16 +72,26 @@ class _CreateParams:
     input_file_id: str
     metadata: dict[str, str] | None
     output_expires_after: int | None
+    priority: int = 0
+    max_cost: float | None = None
+    max_error_rate: float | None = None
 
     def canonical(self) -> dict[str, Any]:
-        """What an idempotency key is compared on (metadata as a mapping: order ignored)."""
-        return {
+        """What an idempotency key is compared on (metadata as a mapping: order ignored). The
+        controls count only when set, so that a key recorded without them compares the same."""
+        found = {
             "endpoint": self.endpoint,
             "completion_window": self.completion_window,
             "input_file_id": self.input_file_id,
             "metadata": self.metadata,
             "output_expires_after": self.output_expires_after,
         }
+        controls = {
+            "priority": self.priority or None,
+            "max_cost": self.max_cost,
+            "max_error_rate": self.max_error_rate,
+        }
+        return found | {k: v for k, v in controls.items() if v is not None}
 
 
 class BatchService:
@@ -99,10 +111,10 @@ class BatchService:
     async def create(self, account: str, params: Any) -> BatchRecord:
         parsed = _parse_create(params)
         if parsed.endpoint == TEST_ENDPOINT:
-            await self._check_test_quota(account)
-        record = self._new_record(account, parsed)
+            await self.check_test_quota(account)
+        record = self.new_record(account, parsed)
         await self.store.create_batch(record)
-        self._created(record)
+        self.created(record)
         return record
 
     async def create_idempotent(
@@ -119,16 +131,16 @@ class BatchService:
         if held is not None:
             return attempt.replay(held)
         if parsed.endpoint == TEST_ENDPOINT:
-            await self._check_test_quota(account)
-        record = self._new_record(account, parsed)
+            await self.check_test_quota(account)
+        record = self.new_record(account, parsed)
         response = record.to_api()
         held = await self.store.create_batch(record, attempt.claim(response))
         if held is not None:
             return attempt.replay(held)  # a retry running at the same time got there first
-        self._created(record)
+        self.created(record)
         return response
 
-    def _new_record(self, account: str, parsed: _CreateParams) -> BatchRecord:
+    def new_record(self, account: str, parsed: CreateParams) -> BatchRecord:
         now = int(time.time())
         override = self.settings.testing.completion_window_seconds
         window = override if override is not None else parsed.window_seconds
@@ -142,12 +154,15 @@ class BatchService:
             expires_at=now + int(window),
             metadata=parsed.metadata,
             output_expires_after=parsed.output_expires_after,
+            priority=parsed.priority,
+            max_cost=parsed.max_cost,
+            max_error_rate=parsed.max_error_rate,
         )
         record.pricing.discount = self.settings.billing.batch_discount
         record.pricing.currency = self.settings.billing.currency
         return record
 
-    def _created(self, record: BatchRecord) -> None:
+    def created(self, record: BatchRecord) -> None:
         metrics.BATCHES_CREATED.inc()
         logger.info(
             "batch %s created",
@@ -156,7 +171,7 @@ class BatchService:
         )
         self.wake()
 
-    async def _check_test_quota(self, account: str) -> None:
+    async def check_test_quota(self, account: str) -> None:
         limit = self.settings.limits.test_batches_per_account
         if await self.store.count_live_batches(account, TEST_ENDPOINT) >= limit:
             raise errors.RateLimited(
@@ -174,6 +189,7 @@ class BatchService:
             raise errors.NotFound(f"Batch {batch_id} not found.", param="batch_id")
         await self.backends.mark_waiting([batch])
         await mark_offloaded(self.settings, self.store, [batch])
+        pace.mark([batch], time.time())
         return batch
 
     async def list(
@@ -188,6 +204,7 @@ class BatchService:
         )
         await self.backends.mark_waiting(found[:limit])
         await mark_offloaded(self.settings, self.store, found[:limit])
+        pace.mark(found[:limit], time.time())
         return found[:limit], len(found) > limit
 
     def _filter(self, query: Mapping[str, str]) -> BatchFilter:
@@ -235,18 +252,19 @@ class BatchService:
         return batch
 
 
-def _parse_create(params: Any) -> _CreateParams:
+def _parse_create(params: Any) -> CreateParams:
     if not isinstance(params, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.")
-    endpoint = _endpoint(params.get("endpoint"))
+    endpoint = parse_endpoint(params.get("endpoint"))
     window, seconds = parse_completion_window(params.get("completion_window"))
-    return _CreateParams(
+    return CreateParams(
         endpoint=endpoint,
         completion_window=window,
         window_seconds=seconds,
         input_file_id=_required_str(params, "input_file_id"),
         metadata=_metadata(params.get("metadata")),
         output_expires_after=_output_expires_after(params.get("output_expires_after")),
+        **control_params.parse(params),
     )
 
 
@@ -265,7 +283,7 @@ def _idempotency_key(params: Any, header_key: str | None) -> str | None:
     return header or body
 
 
-def _endpoint(value: Any) -> str:
+def parse_endpoint(value: Any) -> str:
     if value is None:
         raise errors.InvalidRequest(
             "Missing required parameter: 'endpoint'.",

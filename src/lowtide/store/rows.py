@@ -188,6 +188,7 @@ def active_batches(found: Iterable[Sequence[Any]], now: float) -> list[ActiveBat
             priority=r[7],
             remaining=r[8] - r[9],
             pace=pace.per_second(r[10], r[9], r[11], r[12], r[13], r[14], now),
+            capped=bool(r[15]),
         )
         for r in found
     ]

@@ -129,7 +129,7 @@ DELETE FROM requests WHERE batch_id = $1
 -- reads (the store puts them in that order: lowtide.domain.priority).
 SELECT b.id, b.account, b.model, b.endpoint, f.blob_key, b.expires_at, b.input_file_id,
     b.priority, b.total, b.completed + b.failed, b.in_progress_at, b.pace_at, b.pace_done,
-    b.pace_prev_at, b.pace_prev_done
+    b.pace_prev_at, b.pace_prev_done, b.max_cost IS NOT NULL OR b.max_error_rate IS NOT NULL
 FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
 WHERE b.status = {status.in_progress} AND b.paused_at IS NULL ORDER BY b.expires_at, b.seq
 
