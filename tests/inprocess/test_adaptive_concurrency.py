@@ -14,7 +14,7 @@ from lowtide.engine.limits import AdaptiveLimit, EngineLoadLimit
 from lowtide.testing.engine_sim import EngineConfig, SimEngine
 from tests.support.batches import chat_line
 
-from .conftest import AppFactory, submit, wait_for
+from .conftest import AppFactory, eventually, submit, wait_for
 from .test_metrics import scrape, total
 
 MAX_SEQS = 4
@@ -39,8 +39,10 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
     lowtide_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No probe above the learned capacity during the test: what is checked is the rule.
-    monkeypatch.setattr(EngineLoadLimit, "PROBE_EVERY", 1e9)
-    async with SimEngine(EngineConfig(max_seqs=MAX_SEQS, speed=20)) as eng:
+    monkeypatch.setattr(EngineLoadLimit, "PROBE_MIN", 1e9)
+    # Steps of 30 ms at 20x: the other user's request (8,000 tokens) runs for about 12 s,
+    # longer than the batch.
+    async with SimEngine(EngineConfig(max_seqs=MAX_SEQS, step_fixed_ms=30, speed=20)) as eng:
         app = await lowtide_app(extra=backend(eng))
         slot = app.server.router.slot("sim")
         assert isinstance(slot.limiter, AdaptiveLimit)
@@ -69,6 +71,12 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
             watcher = asyncio.create_task(watch())
             done = await wait_for(c, batch.id, patience=120)
             watcher.cancel()
+
+            async def published() -> bool:
+                found = await scrape(app)
+                return total(found, "lowtide_backend_engine_capacity", backend="sim") > 0
+
+            await eventually(published, "the learned capacity on /metrics")
             samples = await scrape(app)
             holder.cancel()
             await asyncio.gather(holder, watcher, return_exceptions=True)

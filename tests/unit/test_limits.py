@@ -71,9 +71,9 @@ def test_metrics_climb_until_the_engine_queues_then_keep_the_reserve_free() -> N
 def test_metrics_subtract_what_others_run_and_queue() -> None:
     clock = FakeClock()
     limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
-    # The engine is full (something waits twice in a row) with 30 running.
-    scrape(limit, clock, running=30, waiting=4, own=30)
-    scrape(limit, clock, running=30, waiting=4, own=30)
+    # The engine is full (something waits at scrape after scrape) with 30 running.
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
+        scrape(limit, clock, running=30, waiting=4, own=30)
     assert limit.capacity == 30
     # 6 running and 1 waiting are someone else's (lowtide has 20 in flight).
     assert scrape(limit, clock, running=26, waiting=1, own=20) == 30 - 2 - 7
@@ -84,7 +84,7 @@ def test_metrics_subtract_what_others_run_and_queue() -> None:
 def test_a_passing_queue_leaves_the_capacity_and_a_lasting_one_lowers_it() -> None:
     clock = FakeClock()
     limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
-    for _ in range(2):
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         scrape(limit, clock, running=32, waiting=3, own=32)
     assert limit.capacity == 32
     # Requests that arrived between two steps wait at two scrapes while only 20 ran: passing.
@@ -108,18 +108,26 @@ def test_a_passing_queue_leaves_the_capacity_and_a_lasting_one_lowers_it() -> No
 def test_metrics_probe_for_more_capacity_now_and_then() -> None:
     clock = FakeClock()
     limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
-    for _ in range(2):
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         scrape(limit, clock, running=16, waiting=2, own=16)
     assert limit.capacity == 16
-    steady = scrape(limit, clock, running=14, waiting=0, own=14)
-    assert steady == 14
-    clock.now += EngineLoadLimit.PROBE_EVERY
+    assert scrape(limit, clock, running=14, waiting=0, own=14) == 14
+    clock.now += EngineLoadLimit.PROBE_MIN
     # lowtide uses its whole limit and nothing queued for a while: one scrape interval may
-    # run one more than the known capacity.
-    assert scrape(limit, clock, running=14, waiting=0, own=14) == 17
-    # The engine ran 17: its capacity grew.
-    assert scrape(limit, clock, running=17, waiting=0, own=17) == 17 - 2
-    assert limit.capacity == 17
+    # run an eighth more than the known capacity, the reserve included.
+    assert scrape(limit, clock, running=14, waiting=0, own=14) == 16 + 2
+    # The engine ran 18: its capacity grew, and the next probe comes as soon.
+    assert scrape(limit, clock, running=18, waiting=0, own=18) == 18 - 2
+    assert limit.capacity == 18
+    clock.now += EngineLoadLimit.PROBE_MIN
+    assert scrape(limit, clock, running=16, waiting=0, own=16) == 18 + 2
+    # This time it queued instead: capacity unchanged, and the next probe waits twice as long.
+    assert scrape(limit, clock, running=18, waiting=2, own=20) == 18 - 2 - 0
+    assert limit.capacity == 18
+    clock.now += EngineLoadLimit.PROBE_MIN
+    assert scrape(limit, clock, running=16, waiting=0, own=16) == 16
+    clock.now += EngineLoadLimit.PROBE_MIN
+    assert scrape(limit, clock, running=16, waiting=0, own=16) == 18 + 2
 
 
 # --- from latency, against the simulated engine ------------------------------------------------
@@ -251,7 +259,7 @@ def test_adaptive_uses_fresh_metrics_else_latency() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(256, 2, clock, scrape_interval=0.1, initial=8)
     assert limit.source() == "latency" and limit.limit() == 8
-    for _ in range(2):
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         clock.now += 0.1
         limit.observe(EngineLoad(running=24, waiting=3), own=8)
     assert limit.source() == "metrics" and limit.capacity == 24
@@ -288,8 +296,8 @@ def test_a_429_halves_the_limit_once_per_round_trip() -> None:
 def test_a_cut_caps_the_metrics_limit_until_answers_let_it_grow() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(256, 0, clock, scrape_interval=0.1, initial=8)
-    for _ in range(2):
-        clock.now += 0.1
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
+        clock.now += 0.01
         limit.observe(EngineLoad(running=32, waiting=2), own=34)  # all of them lowtide's
     assert limit.limit() == 32
     ticket = limit.sent()

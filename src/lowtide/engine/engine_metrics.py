@@ -43,9 +43,13 @@ INTERVAL: Final = 0.1
 LEARNING_INTERVAL: Final = 0.025
 #: Seconds between two looks at an idle backend (nothing is scraped then).
 IDLE_POLL: Final = 0.2
-#: After this many failures in a row, scrape only every ``FAILED_POLL`` seconds.
+#: After this many failures in a row, scrape only every ``FAILED_POLL`` seconds; after
+#: ``FAILURES_BEFORE_GIVING_UP``, every ``GIVEN_UP_POLL`` (a server without the page, such as a
+#: hosted API, is asked seldom; an engine that comes back is read again within a minute).
 FAILURES_BEFORE_BACKOFF: Final = 3
 FAILED_POLL: Final = 5.0
+FAILURES_BEFORE_GIVING_UP: Final = 10
+GIVEN_UP_POLL: Final = 60.0
 #: A page larger than this is not an engine's metrics page.
 MAX_BYTES: Final = 8 * 1024 * 1024
 
@@ -117,7 +121,9 @@ class Scraper:
                 continue
             started = time.monotonic()
             await self.scrape_once(session)
-            if self.failures >= FAILURES_BEFORE_BACKOFF:
+            if self.failures >= FAILURES_BEFORE_GIVING_UP:
+                wait = GIVEN_UP_POLL
+            elif self.failures >= FAILURES_BEFORE_BACKOFF:
                 wait = FAILED_POLL
             else:
                 every = (

@@ -133,30 +133,38 @@ def _clamp(value: float, ceiling: int) -> float:
 class EngineLoadLimit:
     """The limit from the engine's running and waiting counts (see the module docstring).
 
-    ``capacity`` is learned: first, when requests stay waiting over ``QUEUED_SCRAPES`` scrapes
-    in a row (the engine is full: a request that merely arrived between two steps waits for one
-    step, not for two scrapes), as the most seen running then; from there it rises to any
-    larger number seen running, and comes down by one whenever a queue stays over
+    ``capacity`` is learned. First, when requests stayed waiting at ``LEARN_SCRAPES`` scrapes in
+    a row while the engine ran as many as it ever has, as the most seen running then (a request
+    that merely arrived between two steps waits for one step, not for a run of scrapes; nor does
+    a queue while the engine runs fewer than before say how many it can run). From there it
+    rises to any larger number seen running, and comes down by one whenever a queue stays over
     ``LOWER_SCRAPES`` scrapes while fewer than it run (the KV cache holds fewer now). Until it
-    is known the limit climbs (``_climb``). Every ``PROBE_EVERY`` seconds without a queue, one
-    scrape interval is allowed one sequence more than the capacity, reserve included, to see
-    whether the engine now runs more.
+    is known the limit climbs (``_climb``). After a while without a queue (``_probe``), one
+    scrape interval is allowed an eighth more than the capacity, reserve included, to see
+    whether the engine runs more (the capacity may have been learned short, or the engine may
+    hold more now).
     """
 
-    QUEUED_SCRAPES: Final = 2
-    CALM_SCRAPES: Final = 3
+    LEARN_SCRAPES: Final = 8
     LOWER_SCRAPES: Final = 5
+    #: Requests waiting at this many scrapes in a row is a queue, for the probes.
+    QUEUED_SCRAPES: Final = 2
     GROWTH: Final = 1.25
-    PROBE_EVERY: Final = 30.0
+    PROBE_MIN: Final = 0.5
+    PROBE_MAX: Final = 30.0
 
     def __init__(self, ceiling: int, reserve: int, clock: Clock, initial: int = INITIAL) -> None:
         self.ceiling, self.reserve, self.clock = ceiling, reserve, clock
         self.capacity: int | None = None
         self.value = _clamp(initial, ceiling)
         self.foreign = 0
-        self._waits: deque[tuple[int, int]] = deque(maxlen=self.LOWER_SCRAPES)
+        self._waits: deque[tuple[int, int]] = deque(
+            maxlen=max(self.LEARN_SCRAPES, self.LOWER_SCRAPES)
+        )
         self._calm_since = clock()
         self._probing = False
+        self._probe_every = self.PROBE_MIN
+        self._probe_base = 0
         self._most_run = 0
 
     def limit(self) -> int:
@@ -177,11 +185,12 @@ class EngineLoadLimit:
         # moments, and the slots they free would then be filled twice.)
         others = self.foreign = max(0, load.running + load.waiting - own)
         queued = self._queued(recent, self.QUEUED_SCRAPES)
-        self._learn(load.running, recent, queued, now)
+        self._learn(load.running, recent)
         if self.capacity is None:
-            self._climb(own, recent)
+            self._climb(own, load.waiting)
         elif self._probe(queued, own, now):
-            self.value = self.capacity + 1 - others  # may it run one more?
+            # May it run an eighth more (at least one)? The reserve is lent for one interval.
+            self.value = self.capacity + max(1, self.capacity // 8) - others
         else:
             self.value = self.capacity - self.reserve - others
         self.value = _clamp(self.value, self.ceiling)
@@ -191,22 +200,19 @@ class EngineLoadLimit:
         """Something waited at each of the last ``scrapes`` scrapes."""
         return len(recent) >= scrapes and all(w > 0 for _, w in recent[-scrapes:])
 
-    def _climb(self, own: int, recent: list[tuple[int, int]]) -> None:
+    def _climb(self, own: int, waiting: int) -> None:
         """Before the capacity is known: a quarter more per scrape while lowtide uses the
-        whole limit and nothing waited at the last ``CALM_SCRAPES`` scrapes."""
-        if own < self.limit() - 1 or any(w > 0 for _, w in recent[-self.CALM_SCRAPES :]):
-            return
-        self.value += max(1.0, self.value * (self.GROWTH - 1))
+        whole limit and nothing waits (a queue holds the climb until it is gone, or until it
+        has lasted long enough to tell the capacity)."""
+        if own >= self.limit() - 1 and waiting == 0:
+            self.value += max(1.0, self.value * (self.GROWTH - 1))
 
-    def _learn(self, running: int, recent: list[tuple[int, int]], queued: bool, now: float) -> None:
-        if queued:
-            self._calm_since = now
+    def _learn(self, running: int, recent: list[tuple[int, int]]) -> None:
         if self.capacity is None:
-            # Full: requests waited at two scrapes in a row, while the engine ran as many as it
-            # ever has (a queue while it runs fewer is one that is only passing through).
-            top = max(r for r, _ in recent[-self.QUEUED_SCRAPES :])
-            if queued and top >= self._most_run - 1:
+            top = max(r for r, _ in recent[-self.LEARN_SCRAPES :])
+            if self._queued(recent, self.LEARN_SCRAPES) and top >= self._most_run:
                 self.capacity = top
+                self._calm_since = self.clock()  # no probe before the queue is gone a while
             self._most_run = max(self._most_run, running)
             return
         if running > self.capacity:
@@ -219,13 +225,24 @@ class EngineLoadLimit:
                 self.capacity -= 1
 
     def _probe(self, queued: bool, own: int, now: float) -> bool:
-        """Whether this scrape interval runs without the reserve (see the class docstring)."""
-        if queued or self._probing:
+        """Whether this scrape interval may run more than the capacity (see the class
+        docstring). A probe that found more is followed by another ``PROBE_MIN`` seconds
+        later (a capacity learned short comes up quickly); one that found nothing doubles
+        the wait, up to ``PROBE_MAX``."""
+        if self._probing:
             self._probing = False
+            found = self.capacity is not None and self.capacity > self._probe_base
+            self._probe_every = (
+                self.PROBE_MIN if found else min(self.PROBE_MAX, self._probe_every * 2)
+            )
             self._calm_since = now
             return False
-        if now - self._calm_since >= self.PROBE_EVERY and own >= self.limit() - 1:
+        if queued:
+            self._calm_since = now
+            return False
+        if now - self._calm_since >= self._probe_every and own >= self.limit() - 1:
             self._probing = True
+            self._probe_base = self.capacity or 0
         return self._probing
 
 
@@ -291,10 +308,11 @@ class LatencyLimit:
     def limit(self) -> int:
         return round(self.value)
 
-    def reset(self, level: float) -> None:
-        """Start steady at ``level`` (the limit another source worked to until now)."""
+    def reset(self, level: float, *, climbing: bool = False) -> None:
+        """Start at ``level`` (the limit another source worked to until now), steady or
+        climbing from there."""
         self.base = self.value = _clamp(level, self.ceiling)
-        self.climbing, self.probing, self.direction = False, False, "up"
+        self.climbing, self.probing, self.direction = climbing, False, "up"
         self._base_seen = None
         self._round = self._new_round()
 
@@ -407,8 +425,9 @@ class AdaptiveLimit:
     """``concurrency = "adaptive"``: from the engine's metrics while they are fresh (``_fresh``),
     from latency otherwise; a 429, 503 or timeout halves the limit."""
 
-    #: Metrics older than this many scrape intervals count as gone.
-    STALE_SCRAPES: Final = 3
+    #: Metrics older than this many scrape intervals count as gone (a second: on a busy
+    #: machine a scrape may come late, and slightly old counts beat guessing from latency).
+    STALE_SCRAPES: Final = 10
 
     def __init__(
         self,
@@ -457,8 +476,9 @@ class AdaptiveLimit:
         if fresh != self._using_metrics:
             self._using_metrics = fresh
             if not fresh:
-                # Metrics gone: latency takes over from where they left the limit.
-                self.latency.reset(self.gauge.value)
+                # Metrics gone: latency takes over from where they left the limit (climbing
+                # on if they had not found the engine's capacity yet).
+                self.latency.reset(self.gauge.value, climbing=self.gauge.learning)
         return "metrics" if fresh else "latency"
 
     def limit(self) -> int:
