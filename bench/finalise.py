@@ -26,10 +26,13 @@ from lowtide.domain.status import Status
 from lowtide.domain.validation import RequestLine
 from lowtide.domain.work import FAILED, SUCCEEDED, Claim, Outcome
 from lowtide.engine.finalizer import finalize
+from lowtide.settings import RetentionSettings
 from lowtide.store import Store, open_store, rows
 
 OWNER = "bench-finalise"
 LEASE = 600.0
+#: How long result files are kept: the default of ``retention.batch_days``.
+RETENTION = RetentionSettings().batch_days * 86400
 ERROR_EVERY = 10  # one result in ten goes to the error file
 
 
@@ -105,7 +108,7 @@ async def prepare(store: Store, n: int, body_bytes: int) -> str:
 async def finalise_once(store: Store, blobs: BlobStore, n: int, body_bytes: int) -> float:
     batch_id = await prepare(store, n, body_bytes)
     t0 = time.perf_counter()
-    status = await finalize(store, blobs, batch_id, OWNER, LEASE)
+    status = await finalize(store, blobs, batch_id, OWNER, LEASE, retention=RETENTION)
     seconds = time.perf_counter() - t0
     if status is not Status.COMPLETED:
         raise SystemExit(f"finalisation ended {status}")

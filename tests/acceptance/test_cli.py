@@ -7,6 +7,7 @@ costs a second); ``lowtide run`` gets an upstream of its own, since it turns the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -373,7 +374,7 @@ def test_errors_are_one_line_and_exit_1(env: dict[str, str], tmp_path: Path) -> 
 
 def ids_by_state(state: Path) -> dict[int, set[str]]:
     """custom_ids of the killed run's requests by state: 1 leased, 2 and 3 recorded."""
-    with sqlite3.connect(state / "lowtide.db") as db:
+    with contextlib.closing(sqlite3.connect(state / "lowtide.db")) as db:
         rows = db.execute("SELECT state, custom_id FROM requests").fetchall()
     found: dict[int, set[str]] = {0: set(), 1: set(), 2: set(), 3: set()}
     for request_state, custom_id in rows:

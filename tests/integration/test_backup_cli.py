@@ -5,6 +5,7 @@ The backup of a running server and its restore are in tests/acceptance/test_back
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ def data_dir(root: Path) -> Path:
     data = root / "data"
     (data / "files" / "inputs").mkdir(parents=True)
     (data / "files" / ".tmp").mkdir()
-    with sqlite3.connect(data / "lowtide.db") as db:
+    with contextlib.closing(sqlite3.connect(data / "lowtide.db", isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE t (x)")
         db.execute("INSERT INTO t VALUES (1)")
@@ -46,7 +47,7 @@ def test_backup_copies_the_database_and_the_published_blobs(tmp_path: Path) -> N
     assert sorted(p.name for p in copy.iterdir()) == ["files", "lowtide-backup.json", "lowtide.db"]
     assert (copy / "files" / "inputs" / "a").read_bytes() == b"alpha"
     assert not (copy / "files" / ".tmp").exists(), "blobs being written are not copied"
-    with sqlite3.connect(copy / "lowtide.db") as db:
+    with contextlib.closing(sqlite3.connect(copy / "lowtide.db")) as db:
         assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     manifest = json.loads((copy / MANIFEST_NAME).read_text())

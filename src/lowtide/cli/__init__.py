@@ -1,26 +1,61 @@
 """The ``lowtide`` command line.
 
-``main`` is the entry point. It imports the commands itself, inside its guard, so that Ctrl-C
-ends any command with ``EXIT_INTERRUPTED`` however early it comes: while the commands are
-imported (half a second, several on a busy machine), while one runs, or while it waits for a
-server. Click's own answer to Ctrl-C is "Aborted!" and 1, which a script cannot tell from an
-error.
+``main`` is the entry point. Ctrl-C ends any command with ``EXIT_INTERRUPTED`` however early it
+comes: while the commands are imported (half a second, several on a busy machine), while one
+runs, or while it waits for a server. Click's own answer to Ctrl-C is "Aborted!" and 1, which a
+script cannot tell from an error.
+
+A ``KeyboardInterrupt`` does not always reach the code that would end the command: raised inside
+a weak-reference callback or a ``__del__`` (the import machinery has some) it is printed and
+dropped, and the command would go on, maybe to wait for ever; raised inside an extension's code
+it may come back wrapped in another exception. So the handler also remembers the interrupt, and
+arms a watchdog that ends the process with the same code if it has not ended within
+``_GRACE`` seconds: what a command does on Ctrl-C (a hint, a tidy progress bar) has that long.
+Commands that handle signals themselves (``serve``, ``worker``, ``run``) put their own handlers
+in place and are not concerned.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Final
 
 #: Ctrl-C: the shell's convention, 128 + SIGINT.
 EXIT_INTERRUPTED: Final = 130
+_GRACE: Final = 5.0
+
+_interrupted = threading.Event()
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    if not _interrupted.is_set():
+        _interrupted.set()
+        watchdog = threading.Timer(_GRACE, os._exit, args=(EXIT_INTERRUPTED,))
+        watchdog.daemon = True
+        watchdog.start()
+    raise KeyboardInterrupt
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         from lowtide.cli.main import cli
 
         cli(prog_name="lowtide")
     except KeyboardInterrupt:
-        sys.stderr.write("\n")  # close the terminal's ^C echo
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted_exit()
+    except SystemExit:
+        raise
+    except BaseException:
+        if _interrupted.is_set():  # the interrupt came back wrapped in another exception
+            _interrupted_exit()
+        raise
+
+
+def _interrupted_exit() -> None:
+    sys.stderr.write("\n")  # close the terminal's ^C echo
+    sys.exit(EXIT_INTERRUPTED)

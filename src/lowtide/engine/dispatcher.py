@@ -267,9 +267,10 @@ class Dispatcher:
         body = _request_body(raw, plan)
         # With an rpm/tpm budget, wait (holding the slot) until it has room for this request.
         charge = await slot.budget.acquire(body, batch.id) if slot.budget is not None else None
-        if slot.capacity() == 0:
+        if slot.capacity() == 0 or slot.held():
             # Our share of a fleet-wide ceiling ran out while the line was read (this worker
-            # stalled): another worker may hold the slot now, so do not send.
+            # stalled): another worker may hold the slot now; or a 429 with Retry-After came
+            # back for another request meanwhile: nothing goes to the backend before then.
             if charge is not None and slot.budget is not None:
                 slot.budget.unsent(charge)
             return _give_back_claim(claim, 0.0)
