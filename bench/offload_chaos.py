@@ -13,6 +13,12 @@ lowtide's record of each create and its search of the upstream's batches after a
 of its uploads, creates and downloads is held for ``--hold`` seconds after it took effect
 (before its answer), so that a kill lands where the answer of a call that did happen is lost.
 
+A worker whose lease runs out while its upload is on the way (a stall, or a kill just after
+the upload reached the upstream but before the fleet's next worker looked) can leave a second
+copy of a chunk's input file upstream: it is never used for a batch, and the chunk deletes
+every copy of its file when it is done. ``files uploaded twice`` counts them, ``files left
+upstream`` what is still there at the end (0 is the promise).
+
 Kills are aimed in turn at: an upload in progress, a create in progress, a chunk being polled
 (its upstream batch running) and a download in progress, each at a seeded random moment of
 that step. An aim with nothing to hit at that moment is skipped.
@@ -208,6 +214,8 @@ class Chaos:
             else:
                 outcome.skipped[aim] += 1  # nothing of that step under way now: the next aim
         final = self._wait(c, batch_id)
+        # The last chunks clean up (delete their upstream files) just after the batch ends.
+        wait_until(lambda: set(chunk_states(self.server, self.database)) == {"done"}, 60.0)
         out = c.files.content(final["output_file_id"]).content if final["output_file_id"] else b""
         err = c.files.content(final["error_file_id"]).content if final["error_file_id"] else b""
         outcome.status = final["status"]
@@ -285,6 +293,7 @@ def summary(opts: argparse.Namespace, o: Outcome) -> dict[str, Any]:
         "upstream_batches": up.get("batches_created"),
         "chunks_created_twice": sum(1 for n in creates.values() if n > 1),
         "files_uploaded_twice": sum(1 for n in uploads.values() if n > 1),
+        "files_left_upstream": up.get("files_stored"),
         "lines_run_twice_upstream": sum(n - 1 for n in runs.values() if n > 1),
         "lost": len(report.lost) if report else None,
         "duplicated": len(report.duplicated) if report else None,
@@ -302,7 +311,7 @@ def summary(opts: argparse.Namespace, o: Outcome) -> dict[str, Any]:
         and not result["problems"]
         and result["lost"] == result["duplicated"] == result["double_billed"] == 0
         and result["chunks_created_twice"] == 0
-        and result["files_uploaded_twice"] == 0
+        and result["files_left_upstream"] == 0
         and result["lines_run_twice_upstream"] == 0
         and result["kills"] >= opts.kills
         and result["upstream_batches"] == o.chunks
@@ -314,12 +323,13 @@ def table(r: dict[str, Any]) -> str:
     aims = ", ".join(f"{a} {r['kills_by_aim'].get(a, 0)}" for a in AIMS)
     rows = [
         "| lines | chunks | upstream batches | kills | lost | duplicated | double-billed "
-        "| chunks created twice | files uploaded twice | lines run twice upstream | status |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| chunks created twice | files uploaded twice | files left upstream "
+        "| lines run twice upstream | status |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         f"| {r['lines']:,} | {r['chunks']} | {r['upstream_batches']} | {r['kills']} "
         f"| {r['lost']} | {r['duplicated']} | {r['double_billed']} "
         f"| {r['chunks_created_twice']} | {r['files_uploaded_twice']} "
-        f"| {r['lines_run_twice_upstream']} | {r['status']} |",
+        f"| {r['files_left_upstream']} | {r['lines_run_twice_upstream']} | {r['status']} |",
         "",
         f"Kills by the step they were aimed at: {aims}; aims skipped (nothing of that step "
         f"under way): {sum(r['skipped_aims'].values())}.",

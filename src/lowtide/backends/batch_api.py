@@ -104,20 +104,29 @@ class BatchApi:
     async def find_file(self, filename: str, since: float) -> str | None:
         """The id of an input file named ``filename`` uploaded after ``since`` (an upload
         whose answer was lost), if the upstream lists one."""
+        found = await self.find_files(filename, since, first=True)
+        return found[0] if found else None
 
-        async def search() -> str | None:
+    async def find_files(self, filename: str, since: float, *, first: bool = False) -> list[str]:
+        """The ids of every input file named ``filename`` uploaded after ``since`` (newest
+        first; ``first``: stop at the first)."""
+
+        async def search() -> list[str]:
+            matches: list[str] = []
             seen = 0
             page: list[Any] = []
             async for found in self._client.files.list(purpose="batch", limit=PAGE):
                 if found.filename == filename:
-                    return found.id
+                    matches.append(found.id)
+                    if first:
+                        break
                 page.append(found)
                 seen += 1
                 if _old_page(page, since) or seen >= SEARCH_LIMIT:
-                    return None
+                    break
                 if len(page) == PAGE:
                     page = []
-            return None
+            return matches
 
         return await _call(search)
 

@@ -289,11 +289,13 @@ class ChunkDriver:
 
     async def _clean(self) -> None:
         if self.route.conf.delete_files:
-            for file_id in (
-                self.chunk.file_id,
-                self.chunk.output_file_id,
-                self.chunk.error_file_id,
-            ):
+            # Every copy of its input file: a worker whose lease ran out while its upload was
+            # on the way may have stored one besides the one the chunk used.
+            copies = await self._api_call(
+                self.route.api.find_files, chunk_file_name(self.chunk.id), self.chunk.created_at
+            )
+            ids = [self.chunk.file_id, self.chunk.output_file_id, self.chunk.error_file_id]
+            for file_id in dict.fromkeys([*ids, *copies]):
                 if file_id is not None:
                     await self._api_call(self.route.api.delete, file_id)
         self.chunk.state = DONE

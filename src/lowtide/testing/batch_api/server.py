@@ -54,7 +54,7 @@ class FakeBatchApi:
         return self.objects.config
 
     def stats(self, per_key: bool = False) -> dict[str, Any]:
-        return self.objects.stats.to_api(per_key)
+        return self.objects.stats.to_api(per_key, len(self.objects.files))
 
     async def start(self) -> str:
         app = web.Application(client_max_size=_MAX_BODY)

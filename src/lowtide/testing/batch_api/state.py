@@ -155,8 +155,9 @@ class Stats:
     #: Lines run per request key (the fake upstream's: the last user message).
     per_key: Counter[str] = field(default_factory=Counter)
 
-    def to_api(self, per_key: bool) -> dict[str, Any]:
+    def to_api(self, per_key: bool, files: int = 0) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["files_stored"] = files
         out["creates_by_chunk"] = dict(self.creates_by_chunk)
         out["uploads_by_name"] = dict(self.uploads_by_name)
         out["per_key"] = dict(self.per_key) if per_key else None
