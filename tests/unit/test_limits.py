@@ -130,6 +130,17 @@ def test_metrics_probe_for_more_capacity_now_and_then() -> None:
     assert scrape(limit, clock, running=16, waiting=0, own=16) == 18 + 2
 
 
+def test_metrics_never_probe_while_others_use_the_engine() -> None:
+    clock = FakeClock()
+    limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
+        scrape(limit, clock, running=16, waiting=2, own=18)
+    for _ in range(100):
+        clock.now += EngineLoadLimit.PROBE_MAX
+        # Someone else runs one request: their reserve is never lent.
+        assert scrape(limit, clock, running=14, waiting=0, own=13) == 16 - 2 - 1
+
+
 # --- from latency, against the simulated engine ------------------------------------------------
 
 
