@@ -228,6 +228,7 @@ class Offloader:
             await self.store.renew_chunks(self.owner, now + self.lease)
             self._last_beat = now
         self.active = {b.id: b for b in await self.store.active_batches()}
+        self._forget_ended()
         for chunk in await self.store.claim_chunks(self.owner, now, self.lease, _ADOPT):
             self._drive(chunk, fresh=False)
         await self._report(now)
@@ -240,6 +241,15 @@ class Offloader:
                 await self._plan(batch, shares.get(batch.id))
             except Exception:
                 logger.exception("offload planning of batch %s failed", batch.id)
+
+    def _forget_ended(self) -> None:
+        """Forget the paces of batches no longer dispatched (a paused batch's pace is measured
+        again when it resumes) and the avoided backends whose time is up."""
+        for batch_id in [b for b in self._meters if b not in self.active]:
+            del self._meters[batch_id]
+        now = time.monotonic()
+        for key in [k for k, until in self._avoid.items() if until <= now]:
+            del self._avoid[key]
 
     async def _report(self, now: float) -> None:
         """What this engine sees of its batch backends, for the API (as ``BackendReporter``
