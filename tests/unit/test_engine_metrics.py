@@ -90,7 +90,8 @@ async def test_one_scrape_of_the_simulated_engine_reaches_the_limiter() -> None:
                     break
                 await asyncio.sleep(0.05)
             loads = []
-            for _ in range(EngineLoadLimit.LEARN_SCRAPES):  # a queue that lasts
+            for _ in range(EngineLoadLimit.LEARN_SCRAPES):  # a queue that lasts...
+                limiter.done(limiter.sent())  # ...while other requests of lowtide's end
                 loads.append(await scraper.scrape_once(session))
                 clock.now += 0.1
             for task in sends:

@@ -47,8 +47,19 @@ def test_fixed_is_the_ceiling_whatever_happens() -> None:
 # --- from the engine's metrics ---------------------------------------------------------------
 
 
-def scrape(limit: EngineLoadLimit, clock: FakeClock, running: int, waiting: int, own: int) -> int:
+def scrape(
+    limit: EngineLoadLimit,
+    clock: FakeClock,
+    running: int,
+    waiting: int,
+    own: int,
+    *,
+    ended: int = 1,
+) -> int:
+    """One scrape interval: ``ended`` of lowtide's requests end, then the engine is read."""
     clock.now += 0.1
+    for _ in range(ended):
+        limit.ended()
     limit.observe(EngineLoad(running, waiting), own)
     return limit.limit()
 
@@ -130,15 +141,28 @@ def test_metrics_probe_for_more_capacity_now_and_then() -> None:
     assert scrape(limit, clock, running=16, waiting=0, own=16) == 18 + 2
 
 
-def test_metrics_never_probe_while_others_use_the_engine() -> None:
+def test_metrics_probe_by_one_while_others_use_the_engine() -> None:
     clock = FakeClock()
     limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
     for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         scrape(limit, clock, running=16, waiting=2, own=18)
-    for _ in range(100):
-        clock.now += EngineLoadLimit.PROBE_MAX
-        # Someone else runs one request: their reserve is never lent.
-        assert scrape(limit, clock, running=14, waiting=0, own=13) == 16 - 2 - 1
+    assert scrape(limit, clock, running=14, waiting=0, own=13) == 16 - 2 - 1
+    clock.now += EngineLoadLimit.PROBE_MIN
+    # Someone else runs one request: the probe asks for one more than the capacity only.
+    assert scrape(limit, clock, running=14, waiting=0, own=13) == 16 + 1 - 1
+
+
+def test_a_stalled_engine_teaches_nothing() -> None:
+    clock = FakeClock()
+    limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock, initial=8)
+    # Requests wait scrape after scrape, but nothing ends: the engine (or this machine)
+    # stalls; that says nothing of how many it can run.
+    for _ in range(3 * EngineLoadLimit.LEARN_SCRAPES):
+        scrape(limit, clock, running=8, waiting=5, own=13, ended=0)
+    assert limit.capacity is None
+    for _ in range(EngineLoadLimit.LEARN_SCRAPES):
+        scrape(limit, clock, running=8, waiting=5, own=13)
+    assert limit.capacity == 8
 
 
 # --- from latency, against the simulated engine ------------------------------------------------
@@ -272,6 +296,7 @@ def test_adaptive_uses_fresh_metrics_else_latency() -> None:
     assert limit.source() == "latency" and limit.limit() == 8
     for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         clock.now += 0.1
+        limit.done(limit.sent())  # lowtide's requests keep ending: the engine works
         limit.observe(EngineLoad(running=24, waiting=3), own=8)
     assert limit.source() == "metrics" and limit.capacity == 24
     assert limit.limit() == 24 - 2 - (24 + 3 - 8)
@@ -309,6 +334,7 @@ def test_a_cut_caps_the_metrics_limit_until_answers_let_it_grow() -> None:
     limit = AdaptiveLimit(256, 0, clock, scrape_interval=0.1, initial=8)
     for _ in range(EngineLoadLimit.LEARN_SCRAPES):
         clock.now += 0.01
+        limit.done(limit.sent())
         limit.observe(EngineLoad(running=32, waiting=2), own=34)  # all of them lowtide's
     assert limit.limit() == 32
     ticket = limit.sent()

@@ -81,15 +81,18 @@ class AdaptiveLimit:
         return Ticket(now, self.latency.sent(now))
 
     def answered(self, ticket: Ticket, latency: float, tokens: int) -> None:
+        self.gauge.ended()
         per_token = latency / tokens if tokens > 0 else latency
         self.latency.ended(ticket.round, per_token if latency > 0 else None)
         if self._cap < math.inf:
             self._cap += 1.0 / max(1.0, self._cap)  # additive increase: one per round trip
 
     def done(self, ticket: Ticket) -> None:
+        self.gauge.ended()
         self.latency.ended(ticket.round, None)
 
     def overloaded(self, ticket: Ticket) -> bool:
+        self.gauge.ended()
         self.latency.ended(ticket.round, None)
         if ticket.sent_at < self._cut_at:
             return False  # sent before the last cut: that cut already answered this overload

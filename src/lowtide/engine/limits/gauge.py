@@ -4,28 +4,41 @@ run and queue (``EngineLoadLimit``; the package docstring says why)."""
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Final
 
 from lowtide.engine.limits.base import INITIAL, Clock, EngineLoad, clamp
+
+
+@dataclass(slots=True)
+class _Queue:
+    """A run of scrapes that each saw requests waiting."""
+
+    answers: int  # lowtide's requests ended before it began
+    top: int  # the most seen running during it
+    scrapes: int = 1
 
 
 class EngineLoadLimit:
     """The limit from the engine's running and waiting counts (see the package docstring).
 
     ``capacity`` is learned. First, when requests stayed waiting at ``LEARN_SCRAPES`` scrapes in
-    a row while the engine ran as many as it ever has, as the most seen running then (a request
-    that merely arrived between two steps waits for one step, not for a run of scrapes; nor does
-    a queue while the engine runs fewer than before say how many it can run). From there it
+    a row while lowtide's requests kept ending and the engine ran as many as it ever has, as the
+    most seen running then (a request that merely arrived between two steps waits for one step,
+    not for a run of scrapes; a queue while nothing ends is a stall; a queue while the engine
+    runs fewer than before says nothing of how many it can run). From there it
     rises to any larger number seen running, and comes down by one whenever a queue stays over
     ``LOWER_SCRAPES`` scrapes while fewer than it run (the KV cache holds fewer now). Until it
-    is known the limit climbs (``_climb``). After a while with neither a queue nor anyone
-    else's requests (``_probe``), one scrape interval is allowed an eighth more than the
-    capacity, reserve included, to see whether the engine runs more (the capacity may have been
-    learned short, or the engine may hold more now).
+    is known the limit climbs (``_climb``). After a while without a queue (``_probe``), one
+    scrape interval is allowed more than the capacity, reserve included, to see whether the
+    engine runs more (the capacity may have been learned short, or the engine may hold more
+    now): an eighth more with nobody else on the engine, one more while others are.
     """
 
     LEARN_SCRAPES: Final = 8
     LOWER_SCRAPES: Final = 5
+    #: lowtide's requests that must end while a queue lasts, for it to say the engine is full.
+    ANSWERS_IN_QUEUE: Final = 2
     #: Requests waiting at this many scrapes in a row is a queue, for the probes.
     QUEUED_SCRAPES: Final = 2
     GROWTH: Final = 1.25
@@ -37,9 +50,9 @@ class EngineLoadLimit:
         self.capacity: int | None = None
         self.value = clamp(initial, ceiling)
         self.foreign = 0
-        self._waits: deque[tuple[int, int]] = deque(
-            maxlen=max(self.LEARN_SCRAPES, self.LOWER_SCRAPES)
-        )
+        self._running: deque[int] = deque(maxlen=self.LOWER_SCRAPES)
+        self._queue: _Queue | None = None
+        self._answers = 0
         self._calm_since = clock()
         self._probing = False
         self._probe_every = self.PROBE_MIN
@@ -54,54 +67,77 @@ class EngineLoadLimit:
         """The capacity is not known yet (the scraper then reads the engine more often)."""
         return self.capacity is None
 
+    def ended(self) -> None:
+        """One of lowtide's requests to the engine ended (the engine is making progress)."""
+        self._answers += 1
+
     def observe(self, load: EngineLoad, own: int) -> None:
         now = self.clock()
-        self._waits.append((load.running, load.waiting))
-        recent = list(self._waits)
+        self._running.append(load.running)
+        self._track_queue(load)
         # Not lowtide's: what the engine runs and queues beyond lowtide's requests. (lowtide's
         # own count includes answers it has not read yet, which the engine no longer counts: so
         # this can come out below 0. It is not let below 0: those answers are read within
         # moments, and the slots they free would then be filled twice.)
         others = self.foreign = max(0, load.running + load.waiting - own)
-        queued = self._queued(recent, self.QUEUED_SCRAPES)
-        self._learn(load.running, recent)
+        self._learn(load.running)
+        queue = self._queue
+        queued = queue is not None and queue.scrapes >= self.QUEUED_SCRAPES
         if self.capacity is None:
-            self._climb(own, load.waiting)
+            self._climb(own, load)
         elif self._probe(queued, own, now):
-            # May it run an eighth more (at least one)? The reserve is lent for one interval.
-            self.value = self.capacity + max(1, self.capacity // 8) - others
+            # May it run more? The reserve is lent for one interval: an eighth more with
+            # nobody else on the engine, one more while others are (their slots stay theirs).
+            more = 1 if others else max(1, self.capacity // 8)
+            self.value = self.capacity + more - others
         else:
             self.value = self.capacity - self.reserve - others
         self.value = clamp(self.value, self.ceiling)
 
-    @staticmethod
-    def _queued(recent: list[tuple[int, int]], scrapes: int) -> bool:
-        """Something waited at each of the last ``scrapes`` scrapes."""
-        return len(recent) >= scrapes and all(w > 0 for _, w in recent[-scrapes:])
+    def _track_queue(self, load: EngineLoad) -> None:
+        if load.waiting == 0:
+            self._queue = None
+        elif self._queue is None:
+            self._queue = _Queue(self._answers, load.running)
+        else:
+            self._queue.scrapes += 1
+            self._queue.top = max(self._queue.top, load.running)
 
-    def _climb(self, own: int, waiting: int) -> None:
+    def _full(self, scrapes: int) -> bool:
+        """Requests have waited at ``scrapes`` scrapes in a row, while lowtide's requests kept
+        ending: the engine is full. (Waiting while nothing ends is the engine, or this machine,
+        stalling: it says nothing of how many the engine can run.)"""
+        queue = self._queue
+        return (
+            queue is not None
+            and queue.scrapes >= scrapes
+            and self._answers - queue.answers >= self.ANSWERS_IN_QUEUE
+        )
+
+    def _climb(self, own: int, load: EngineLoad) -> None:
         """Before the capacity is known: a quarter more per scrape while lowtide uses the
-        whole limit and nothing waits (a queue holds the climb until it is gone, or until it
-        has lasted long enough to tell the capacity)."""
-        if own >= self.limit() - 1 and waiting == 0:
+        whole limit, nothing waits (a queue holds the climb until it is gone, or until it
+        has lasted long enough to tell the capacity), and the engine has most of lowtide's
+        requests (not when they are stuck on the way, in a stalled engine or process)."""
+        arrived = load.running + load.waiting >= own - max(2, own // 4)
+        if own >= self.limit() - 1 and load.waiting == 0 and arrived:
             self.value += max(1.0, self.value * (self.GROWTH - 1))
 
-    def _learn(self, running: int, recent: list[tuple[int, int]]) -> None:
+    def _learn(self, running: int) -> None:
         if self.capacity is None:
-            top = max(r for r, _ in recent[-self.LEARN_SCRAPES :])
-            if self._queued(recent, self.LEARN_SCRAPES) and top >= self._most_run:
-                self.capacity = top
-                self._calm_since = self.clock()  # no probe before the queue is gone a while
+            if self._full(self.LEARN_SCRAPES) and self._queue is not None:
+                top = self._queue.top
+                if top >= self._most_run:
+                    self.capacity = top
+                    self._calm_since = self.clock()  # no probe before the queue is gone a while
             self._most_run = max(self._most_run, running)
             return
         if running > self.capacity:
             self.capacity = running
-        elif self._queued(recent, self.LOWER_SCRAPES):
+        elif self._full(self.LOWER_SCRAPES) and max(self._running) < self.capacity:
             # A queue that stays while fewer run than the capacity: the engine holds fewer
             # now (its KV cache is full with longer sequences), one less at a time.
-            seen = max(r for r, _ in recent[-self.LOWER_SCRAPES :])
-            if seen < self.capacity:
-                self.capacity -= 1
+            self.capacity -= 1
 
     def _probe(self, queued: bool, own: int, now: float) -> bool:
         """Whether this scrape interval may run more than the capacity (see the class
@@ -116,9 +152,7 @@ class EngineLoadLimit:
             )
             self._calm_since = now
             return False
-        if queued or self.foreign > 0:
-            # Never while others use the engine: the reserve is theirs (and their load, which
-            # comes and goes, shows the engine's capacity by itself).
+        if queued:
             self._calm_since = now
             return False
         if now - self._calm_since >= self._probe_every and own >= self.limit() - 1:
