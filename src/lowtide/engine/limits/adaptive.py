@@ -62,6 +62,11 @@ class AdaptiveLimit:
         return self.in_flight == 0 or self.clock() - at <= self._stale_after
 
     def source(self) -> Source:
+        return "metrics" if self._fresh() else "latency"
+
+    def _switch(self) -> None:
+        """Hand over between the sources (on the engine's side only: ``limit`` and ``source``
+        change nothing, so that another thread may read them)."""
         fresh = self._fresh()
         if fresh != self._using_metrics:
             self._using_metrics = fresh
@@ -69,14 +74,15 @@ class AdaptiveLimit:
                 # Metrics gone: latency takes over from where they left the limit (climbing
                 # on if they had not found the engine's capacity yet).
                 self.latency.reset(self.gauge.value, climbing=self.gauge.learning)
-        return "metrics" if fresh else "latency"
 
     def limit(self) -> int:
-        if self.source() == "metrics":
+        if self._fresh() or self._using_metrics:
+            # (Metrics just gone, and latency not handed over yet: where they left it.)
             return int(max(1, min(self.gauge.limit(), self._cap)))
         return self.latency.limit()
 
     def sent(self) -> Ticket:
+        self._switch()
         now = self.clock()
         return Ticket(now, self.latency.sent(now))
 
@@ -108,6 +114,8 @@ class AdaptiveLimit:
         self.gauge.observe(load, own)
         if self._cap >= self.ceiling:
             self._cap = math.inf
+        self._switch()
 
     def unobserved(self) -> None:
         self._metrics_ok = False
+        self._switch()
