@@ -72,7 +72,9 @@ def body(i: int, rng: random.Random) -> bytes:
     return orjson.dumps({"model": "m", "messages": messages, "max_tokens": rng.randint(50, 250)})
 
 
-def worker(store: Store, owner: str, clock: FakeClock) -> tuple[Budget, Counted]:
+def worker(
+    store: Store, owner: str, clock: FakeClock, rpm: int = RPM, tpm: int = TPM
+) -> tuple[Budget, Counted]:
     counted = Counted(store)
 
     async def tokenize(payload: dict[str, Any]) -> int | None:
@@ -80,8 +82,8 @@ def worker(store: Store, owner: str, clock: FakeClock) -> tuple[Budget, Counted]
 
     budget = Budget(
         "hosted",
-        RPM,
-        TPM,
+        rpm,
+        tpm,
         window=WINDOW,
         clock=clock,
         wall=clock,
@@ -165,3 +167,21 @@ async def test_a_slice_given_back_is_the_fleets_again_and_a_dead_workers_runs_ou
     )
     assert grant.requests == RPM - 1
     await b.close()
+
+
+async def test_a_tokens_only_budget_asks_the_database_once_per_slice(
+    stores: list[Store],
+) -> None:
+    clock = FakeClock()
+    start = clock.now
+    budget, counted = worker(stores[0], "A", clock, rpm=0, tpm=TPM)
+    rng = random.Random(2)
+    for i in range(300):
+        charge = await budget.acquire(body(i, rng), "batch-1")
+        budget.answered(charge, 200, 100, 0)
+    await budget.close()
+    # A slice is a thirtieth of the minute's tokens, whatever the number of requests: about
+    # 30 database calls a minute (and one more per wait for room).
+    minutes = (clock.now - start) / WINDOW
+    assert minutes >= 2
+    assert counted.claims <= 40 * (minutes + 1)

@@ -44,6 +44,8 @@ TOKEN_HEADROOM: Final = 0.01
 SLICES_PER_WINDOW: Final = 30
 #: Seconds to wait before asking again when the database had no slice to give.
 MIN_RETRY: Final = 0.05
+#: The requests of a slice when the backend has no rpm.
+UNBOUNDED: Final = 1_000_000
 
 Clock = Callable[[], float]
 #: ``await tokenize(payload)``: the token count of a ``/tokenize`` body (a prompt's messages or
@@ -254,7 +256,8 @@ class Budget:
         now = self.wall()
         old = self.slice
         settle = (old.id, old.used_requests, old.used_tokens) if old.id is not None else None
-        want_requests = max(1, math.ceil(self.rpm / SLICES_PER_WINDOW)) if self.rpm else 1
+        # Without an rpm, a slice is bounded by its tokens alone.
+        want_requests = max(1, math.ceil(self.rpm / SLICES_PER_WINDOW)) if self.rpm else UNBOUNDED
         want_tokens = max(tokens, math.ceil(self.window.tpm / SLICES_PER_WINDOW))
         until = now + self._slice_seconds
         grant = await self.store.claim_budget(
