@@ -37,7 +37,9 @@ class LatencyLimit:
     backend carried, whatever the limit said). Two rounds at different levels give the
     elasticity ``e``.
 
-    Climbing: each round a quarter higher while ``e < THETA_CLIMB``. Then steady: a round at
+    Climbing: each round a quarter higher while ``e < THETA_CLIMB`` (a refused step is
+    measured again once before the climb ends: a round of a few samples can mislead). Then
+    steady: a round at
     the base level, a probe a step up (kept if ``e < THETA``), the base again, a probe a step
     down (kept if ``e > THETA``: the latency fell as fast as the requests did, so they were
     queueing). A base round clearly slower than the last one at the same level (the backend got
@@ -50,7 +52,9 @@ class LatencyLimit:
     THETA_CLIMB: Final = 0.65
     DRIFT: Final = 1.2
     TRIM: Final = 0.1
-    NEED_MIN: Final = 4
+    NEED_MIN: Final = 8
+    #: Climbing stops at the second refused step up in a row.
+    CLIMB_REFUSALS: Final = 2
     CLIMB_SAMPLES: Final = 0.75
 
     def __init__(self, ceiling: int, clock: Clock, initial: int = INITIAL) -> None:
@@ -58,6 +62,7 @@ class LatencyLimit:
         self.base = clamp(initial, ceiling)
         self.value = self.base
         self.climbing = True
+        self._refused = 0
         self.direction: Literal["up", "down"] = "up"
         self.probing = False
         self._base_seen: tuple[float, float] | None = None  # (in flight, time per token)
@@ -173,7 +178,12 @@ class LatencyLimit:
             self.base, self._base_seen = seen[0], seen
             self.probing = True  # go on the same way, this round being the new base's
             self.value = self._probe_level()
+            self._refused = 0
             return
-        self.climbing = False
-        self.direction = "down" if self.direction == "up" else "up"
         self.value = self.base
+        self._refused += 1
+        if self.climbing and self._refused < self.CLIMB_REFUSALS:
+            return  # one refusal may be noise (a few samples): the base again, then again up
+        self.climbing = False
+        self._refused = 0
+        self.direction = "down" if self.direction == "up" else "up"
