@@ -459,3 +459,28 @@ async def test_lines_that_grow_past_the_upstreams_limit_fail_after_their_attempt
     assert out == [] and {e["error"]["code"] for e in err} == {"upstream_batch_failed"}
     assert "over the upstream's" in err[0]["error"]["message"]
     assert batch_api.stats()["uploads"] == 0
+
+
+async def test_an_engine_that_takes_its_own_chunk_back_drives_it_on(
+    lowtide_app: AppFactory, batch_api: FakeBatchApi
+) -> None:
+    """An engine that stalled past a chunk's lease claims it again itself (a new epoch): the
+    driver of the old epoch can write nothing more, so a new one must take over, or the chunk,
+    whose lease this engine keeps renewing, would stay where it is for ever."""
+    batch_api.configure(run_seconds=600)
+    app = await lowtide_app(None, extra=batch_backend(batch_api))
+    c = app.client(ALICE)
+    lines = lines_for(5)
+    created = await submit(c, lines)
+    await eventually(lambda: _fake_running(batch_api), "the upstream batch runs")
+    app.db("UPDATE offload_chunks SET lease_until = 0")  # as if it had run out
+
+    def epoch() -> int:
+        return int(app.db("SELECT lease_epoch FROM offload_chunks")[0][0])
+
+    await eventually(lambda: epoch() == 2, "taken back under a new epoch")
+    batch_api.objects.finish_now()
+    batch = await wait_for(c, created.id)
+    out, err = await read_results(c, batch)
+    assert_each_once(lines, out, err) and len(out) == 5
+    assert batch_api.stats()["batches_created"] == 1

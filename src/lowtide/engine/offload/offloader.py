@@ -269,19 +269,27 @@ class Offloader:
         self._reported, self._reported_at = states, now
 
     def _drive(self, chunk: Chunk, *, fresh: bool) -> None:
-        if chunk.id in self._drivers:
-            return
+        """Drive ``chunk`` (as leased now) in a task of its own. A driver of ours may still run
+        it under an older lease epoch: this engine stalled past the chunk's lease and took it
+        back itself. That driver can write nothing more (its epoch is stale), and this engine
+        renews the chunk's lease, so no one else would ever drive it: it gives way to a new
+        driver with the current epoch."""
+        old = self._drivers.get(chunk.id)
+        if old is not None:
+            old.cancel()
         route = self.routes.get(chunk.backend)
         if route is None:
-            task = asyncio.create_task(self._orphaned(chunk), name=chunk.backend)
-            self._drivers[chunk.id] = task
-            task.add_done_callback(lambda _: self._drivers.pop(chunk.id, None))
-            return
-        task = asyncio.create_task(
-            ChunkDriver(self, route, chunk, fresh=fresh).run(), name=route.conf.name
-        )
+            work = self._orphaned(chunk)
+        else:
+            work = ChunkDriver(self, route, chunk, fresh=fresh).run()
+        task = asyncio.create_task(work, name=chunk.backend)
         self._drivers[chunk.id] = task
-        task.add_done_callback(lambda _: self._drivers.pop(chunk.id, None))
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._drivers.get(chunk.id) is done:
+                del self._drivers[chunk.id]
+
+        task.add_done_callback(forget)
 
     async def _orphaned(self, chunk: Chunk) -> None:
         """A chunk of a batch backend no longer configured: lowtide cannot reach its upstream
