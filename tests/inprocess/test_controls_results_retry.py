@@ -181,14 +181,14 @@ async def test_retry_of_some_codes_and_the_refusals(
     assert (await c.files.content(new.input_file_id)).content == jsonl(lines).splitlines(
         keepends=True
     )[10]
-    with pytest.raises(openai.BadRequestError) as raised:
+    with pytest.raises(openai.ConflictError) as raised:
         await retry(c, source.id, codes=["upstream_timeout"])
     assert raised.value.body["code"] == "nothing_to_retry"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as raised:
         await retry(c, source.id, codes="batch_cancelled")
     assert raised.value.body["param"] == "codes"  # type: ignore[index]
     clean = await wait_for(c, (await submit(c, ds_lines(2), endpoint=TEST_URL)).id)
-    with pytest.raises(openai.BadRequestError) as raised:
+    with pytest.raises(openai.ConflictError) as raised:
         await retry(c, clean.id)
     assert raised.value.body["code"] == "nothing_to_retry"  # type: ignore[index]
 
@@ -198,6 +198,6 @@ async def test_retry_needs_the_input_file(lowtide_app: AppFactory, upstream: Fak
     c = app.client()
     source = await wait_for(c, (await submit(c, mixed_lines())).id)
     await c.files.delete(source.input_file_id)
-    with pytest.raises(openai.BadRequestError) as raised:
+    with pytest.raises(openai.ConflictError) as raised:
         await retry(c, source.id)
     assert raised.value.body["code"] == "input_file_deleted"  # type: ignore[index]

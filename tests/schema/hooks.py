@@ -31,7 +31,9 @@ def batch_files_are_text(context: Any, case: Any) -> Any:
     return case
 
 
-@schemathesis.hook("map_case").apply_to(method="POST", path_regex=r"/(files|batches)$")
+@schemathesis.hook("map_case").apply_to(
+    method="POST", path_regex=r"/(files|batches|batches/[^/]+/retry)$"
+)
 def fresh_idempotency_keys(context: Any, case: Any) -> Any:
     """Each valid request gets an idempotency key of its own.
 

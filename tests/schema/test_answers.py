@@ -28,7 +28,12 @@ DAVE = "sk-test-dave-0000001"
 TEST_URL = "/v1/chat/ds-test"
 MAX_FILE_BYTES = 65_536
 # A healthy server cannot be made to answer these: a full disk, a database that is down.
-NOT_PROVOKED = {("createFile", 507), ("createBatch", 507), ("ready", 503)}
+NOT_PROVOKED = {
+    ("createFile", 507),
+    ("createBatch", 507),
+    ("retryBatch", 507),
+    ("ready", 503),
+}
 _LIMITS = "".join(
     f"{kind}_per_minute = {{n}}\n" for kind in ("create", "retrieve", "list", "cancel", "upload")
 )
@@ -80,6 +85,8 @@ class Checker:
         self.http = httpx.Client(timeout=30)
         self.seen: set[tuple[str, int]] = set()
         self.failures: list[str] = []
+        #: A batch of carol's with a failed line; she has no room for another file.
+        self.carol_batch = ""
 
     def __call__(
         self, key: str | None, method: str, path: str, expect: int, **kwargs: Any
@@ -129,10 +136,10 @@ class Checker:
                 return operation
         return None
 
-    def wait(self, path: str, statuses: set[str]) -> Json:
+    def wait(self, path: str, statuses: set[str], key: str = ALICE) -> Json:
         deadline = time.monotonic() + 60
         while True:
-            batch: Json = self.http.get(self.url + path, headers=_auth(ALICE)).json()
+            batch: Json = self.http.get(self.url + path, headers=_auth(key)).json()
             if batch["status"] in statuses or time.monotonic() > deadline:
                 return batch
             time.sleep(0.1)
@@ -212,7 +219,13 @@ def batches(call: Checker, p: str, file_id: str) -> None:
     body = _batch(refused.json()["id"], endpoint="/v1/chat/completions")
     running = call(ALICE, "POST", p + "/batches", 200, **body).json()["id"]
     call.wait(f"{p}/batches/{running}", {"in_progress"})
+    controls(call, p, done, running, file_id)
     call(ALICE, "POST", f"{p}/batches/{running}/cancel", 200)
+    assert call.wait(f"{p}/batches/{running}", {"cancelled"})["status"] == "cancelled"
+    retried = call(ALICE, "POST", f"{p}/batches/{running}/retry", 200)  # its unrun line
+    assert retried.json()["metadata"] == {"retry_of": running}
+    call(ALICE, "POST", f"{p}/batches/{failed}/retry", 409)  # nothing ran: nothing to retry
+    call(ALICE, "POST", f"{p}/batches/{running}/retry", 400, json={"codes": "batch_cancelled"})
     call(ALICE, "POST", f"{p}/batches/{done}/cancel", 409)
     call(ALICE, "POST", p + "/batches/batch_none/cancel", 404)
     call(ALICE, "POST", f"{p}/batches/{done}/cancel", 413, content=OVER)
@@ -220,6 +233,32 @@ def batches(call: Checker, p: str, file_id: str) -> None:
     call(ALICE, "GET", p + "/backends", 200)
     call(ALICE, "GET", p + "/backends", 400, content=b"{}")
     call(None, "GET", p + "/backends", 401)
+
+
+def controls(call: Checker, p: str, done: str, running: str, file_id: str) -> None:
+    """The batch controls' answers (lowtide's extensions): a completed batch and one in
+    progress (its backend refuses every connection)."""
+    estimate = {"json": {"input_file_id": file_id, "endpoint": TEST_URL}}
+    call(ALICE, "POST", p + "/batches/estimate", 200, **estimate)
+    call(ALICE, "POST", p + "/batches/estimate", 400, json={"input_file_id": file_id})
+    call(ALICE, "POST", p + "/batches/estimate", 413, content=OVER)
+    call(None, "POST", p + "/batches/estimate", 401, **estimate)
+    for query in ("", "?kind=output&after=1", "?kind=errors&contiguous=true"):
+        call(ALICE, "GET", f"{p}/batches/{done}/results{query}", 200)
+    call(ALICE, "GET", f"{p}/batches/{done}/results?kind=both", 400)
+    call(ALICE, "GET", f"{p}/batches/{done}/results", 400, content=b"{}")
+    call(ALICE, "GET", p + "/batches/batch_none/results", 404)
+    call(None, "GET", f"{p}/batches/{done}/results", 401)
+    for verb in ("pause", "pause", "resume", "resume"):
+        paused = call(ALICE, "POST", f"{p}/batches/{running}/{verb}", 200).json()
+        assert (paused["paused_at"] is None) == (verb == "resume"), paused
+    for verb in ("pause", "resume", "retry"):
+        call(ALICE, "POST", f"{p}/batches/{done if verb != 'retry' else running}/{verb}", 409)
+        call(ALICE, "POST", f"{p}/batches/batch_none/{verb}", 404)
+        call(ALICE, "POST", f"{p}/batches/{done}/{verb}", 413, content=OVER)
+        call(None, "POST", f"{p}/batches/{done}/{verb}", 401)
+    call(ALICE, "POST", f"{p}/batches/{done}/retry", 409)  # every line completed
+    call(CAROL, "POST", f"{p}/batches/{call.carol_batch}/retry", 403)  # no room for its file
 
 
 def limits(call: Checker, p: str, key: str) -> None:
@@ -237,11 +276,22 @@ def limits(call: Checker, p: str, key: str) -> None:
     call(key, "DELETE", p + "/files/file-batch-none", 429)
     call(key, "POST", p + "/batches/batch_none/cancel", 404)
     call(key, "POST", p + "/batches/batch_none/cancel", 429)
+    for verb in ("pause", "resume", "retry"):
+        call(key, "POST", f"{p}/batches/batch_none/{verb}", 429)
+    call(key, "GET", p + "/batches/batch_none/results", 429)
+    call(key, "POST", p + "/batches/estimate", 429, json={"input_file_id": "x"})
 
 
 def test_every_answer_is_what_the_document_declares(server: Lowtide) -> None:
     call = Checker(server)
-    call(CAROL, "POST", "/v1/files", 200, **_upload(TEST_LINES, purpose="batch"))
+    # Carol's one file: a batch of it that ends with a failed line (cancelled before it ran).
+    carol_file = call(CAROL, "POST", "/v1/files", 200, **_upload(REFUSED, purpose="batch"))
+    body = _batch(carol_file.json()["id"], endpoint="/v1/chat/completions")
+    carol = f"/v1/batches/{call(CAROL, 'POST', '/v1/batches', 200, **body).json()['id']}"
+    call.wait(carol, {"in_progress"}, CAROL)
+    call(CAROL, "POST", carol + "/cancel", 200)
+    assert call.wait(carol, {"cancelled"}, CAROL)["status"] == "cancelled"
+    call.carol_batch = carol.rsplit("/", 1)[1]
     for p, limited in (("/v1", BOB), ("/compatible-mode/v1", DAVE)):
         batches(call, p, files(call, p))
         limits(call, p, limited)

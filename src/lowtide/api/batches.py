@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from lowtide import errors
 from lowtide.api.auth import Caller, limited
@@ -67,8 +68,19 @@ async def list_batches(request: Request, caller: Lister) -> JSON:
     return page([b.to_api() for b in records], has_more=has_more)
 
 
+class _BatchPath(StringConvertor):
+    """A batch id in a path: any segment but ``estimate``, which names the route
+    ``POST /batches/estimate`` (so that a GET of it answers 405 with ``Allow: POST``, rather
+    than looking for a batch named so)."""
+
+    regex = "(?!estimate$)[^/]+"
+
+
+register_url_convertor("batch", _BatchPath())
+
+
 @router.get(
-    "/batches/{batch_id}",
+    "/batches/{batch_id:batch}",
     summary="Retrieve a batch",
     response_model=wire.Batch,
     response_description="The batch.",

@@ -28,12 +28,19 @@ from lowtide.cli.client_common import (
     when,
     with_client,
 )
+from lowtide.cli.extensions import (
+    control_fields,
+    control_options,
+    download_partial,
+    paused_note,
+    result_paths,
+    server_pace,
+)
 from lowtide.cli.progress import (
     EXIT_INTERRUPTED,
     TERMINAL,
     BatchProgress,
     Counts,
-    errors_path_for,
     exit_code,
 )
 
@@ -62,9 +69,11 @@ _POLL = click.option(
 
 def _counts(batch: Batch) -> Counts:
     rc = batch.request_counts
+    note = waiting_note(batch) or paused_note(batch)
     if rc is None:
-        return Counts(batch.status, note=waiting_note(batch))
-    return Counts(batch.status, rc.completed, rc.failed, rc.total, note=waiting_note(batch))
+        return Counts(batch.status, note=note)
+    rate, left = server_pace(batch)
+    return Counts(batch.status, rc.completed, rc.failed, rc.total, note, rate, left)
 
 
 def _name(batch: Batch) -> str:
@@ -148,8 +157,7 @@ def _download_results(
 ) -> None:
     # Both files are always written, the error file empty when no line failed, so that the
     # next step of a script (e.g. `lowtide convert jsonl-to-csv OUT ERR`) finds them.
-    out_path = output or Path(f"{batch.id}_output.jsonl")
-    err_path = errors or (errors_path_for(output) if output else Path(f"{batch.id}_errors.jsonl"))
+    out_path, err_path = result_paths(batch.id, output, errors)
     out_lines = download_file(client, batch.output_file_id, out_path)
     err_lines = download_file(client, batch.error_file_id, err_path)
     note(f"wrote {out_lines} line(s) to {out_path} and {err_lines} error line(s) to {err_path}")
@@ -212,6 +220,7 @@ _ERRORS = click.option(
 @_ERRORS
 @_POLL
 @json_option
+@control_options
 @with_client
 def submit_command(
     client: openai.OpenAI,
@@ -225,6 +234,7 @@ def submit_command(
     errors_path: Path | None,
     poll_interval: float,
     as_json: bool,
+    controls: dict[str, Any],
 ) -> int | None:
     """Upload FILE and create a batch of it; print the batch id.
 
@@ -246,6 +256,7 @@ def submit_command(
             endpoint=cast(Any, endpoint or endpoint_of(file)),
             completion_window=cast(Any, window),
             metadata=metadata or None,
+            extra_body=controls or None,
         )
     except Exception:
         _forget_upload(client, uploaded.id)
@@ -290,19 +301,33 @@ def wait_command(
 @click.argument("batch_id")
 @_OUTPUT
 @_ERRORS
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Write the lines the batch has so far, while it runs (a lowtide extension).",
+)
 @with_client
 def download_command(
-    client: openai.OpenAI, batch_id: str, output: Path | None, errors_path: Path | None
+    client: openai.OpenAI,
+    batch_id: str,
+    output: Path | None,
+    errors_path: Path | None,
+    partial: bool,
 ) -> int | None:
     """Write the output and error files of a finished batch; exit with its status code.
 
-    Both files are written, the error file empty when no line failed.
+    Both files are written, the error file empty when no line failed. With --partial, the
+    lines so far of a batch that may still run, in line order.
 
     \b
-    Example:
+    Examples:
       lowtide batch download batch_0123 -o output.jsonl --errors errors.jsonl
+      lowtide batch download batch_0123 --partial -o so_far.jsonl
     """
     batch = client.batches.retrieve(batch_id)
+    if partial:
+        download_partial(client, batch.id, output, errors_path)
+        return None
     if batch.status not in TERMINAL:
         raise click.ClickException(
             f"{batch_id} is {batch.status}; wait for it first: lowtide batch wait {batch_id}"
@@ -349,8 +374,9 @@ def _batch_fields(batch: Batch) -> Iterator[tuple[str, str]]:
     counts = _counts(batch)
     yield "id", batch.id
     yield "status", batch.status
-    if counts.note:
-        yield "waiting", counts.note.removeprefix("waiting for ")
+    if waiting := waiting_note(batch):
+        yield "waiting", waiting.removeprefix("waiting for ")
+    yield from control_fields(batch)
     yield "name", _name(batch)
     yield "endpoint", batch.endpoint
     yield "model", str(getattr(batch, "model", None) or "")

@@ -66,6 +66,10 @@ class Counts:
     total: int = 0
     #: What holds the batch up, when something does ("waiting for backend X: ...").
     note: str | None = None
+    #: Lines a second and seconds left as the server reports them (lowtide's
+    #: ``lines_per_minute`` and ``estimated_completion_at``); None: measured here instead.
+    rate: float | None = None
+    left: float | None = None
 
     @property
     def done(self) -> int:
@@ -120,6 +124,8 @@ def _format_rate(rate: float | None) -> str:
 def _eta(counts: Counts, rate: float | None) -> float | None:
     if counts.status in TERMINAL or not counts.total:
         return None
+    if counts.left is not None:
+        return counts.left
     if not rate:
         return None
     return max(0, counts.total - counts.done) / rate
@@ -192,13 +198,18 @@ class BatchProgress:
                 total=counts.total or None,
                 completed=counts.done,
                 counts=_counts_text(counts),
-                rate=_format_rate(self.meter.rate()),
-                eta=format_eta(_eta(counts, self.meter.rate())),
+                rate=_format_rate(self._rate(counts)),
+                eta=format_eta(_eta(counts, self._rate(counts))),
             )
         else:
             status_changed = self._last is None or self._last.status != counts.status
             self._plain(counts, force=status_changed)
         self._last = counts
+
+    def _rate(self, counts: Counts) -> float | None:
+        """The server's rate where it gives one (it sees every line end), else the one
+        measured here from successive looks."""
+        return counts.rate if counts.rate is not None else self.meter.rate()
 
     def _plain(self, counts: Counts, *, force: bool) -> None:
         line = self.plain_line(counts)
@@ -213,7 +224,7 @@ class BatchProgress:
         text = f"{self.label}: {counts.status}, {_counts_text(counts).replace(' · ', ', ')}"
         if counts.status in TERMINAL:
             return text
-        rate = self.meter.rate()
+        rate = self._rate(counts)
         text = f"{text}, {_format_rate(rate)}, ETA {format_eta(_eta(counts, rate))}"
         return f"{text}; {counts.note}" if counts.note else text
 

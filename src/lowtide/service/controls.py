@@ -162,6 +162,8 @@ class ControlService:
                 f"Cannot retry a batch with status '{source.status.value}': only a finished "
                 "batch (completed, failed, expired or cancelled) can be retried."
             )
+        if source.failed == 0:
+            raise _nothing_to_retry(source.id, asked.codes)
         attempt = None
         if asked.key is not None:
             attempt = Attempt.start(account, RETRY_KIND, asked.key, asked.canonical(batch_id))
@@ -218,17 +220,12 @@ class ControlService:
             size = writer.size
         if not picked or used + size > limits.max_bytes:
             await self.blobs.delete(blob_key)
-            if picked:
-                raise errors.QuotaExceeded(
-                    "Upload file capacity exceed limit: the retry's input file does not fit "
-                    "the account's storage quota.",
-                    param="batch_id",
-                )
-            which = "" if codes is None else " with the codes " + ", ".join(sorted(codes))
-            raise errors.InvalidRequest(
-                f"Batch {source.id} has no failed lines{which} to retry.",
-                param="codes" if codes is not None else "batch_id",
-                code="nothing_to_retry",
+            if not picked:
+                raise _nothing_to_retry(source.id, codes)
+            raise errors.QuotaExceeded(
+                "Upload file capacity exceed limit: the retry's input file does not fit the "
+                "account's storage quota.",
+                param="batch_id",
             )
         record = FileRecord(
             id=file_id,
@@ -248,13 +245,24 @@ class ControlService:
             kept = await self.store.kept_input(source.id)
             key = kept[1] if kept is not None else None
         if key is None or not await self.blobs.exists(key):
-            raise errors.InvalidRequest(
+            raise errors.Conflict(
                 f"The input file {source.input_file_id} of batch {source.id} was deleted: its "
                 "lines cannot be read again.",
                 param="batch_id",
                 code="input_file_deleted",
             )
         return key
+
+
+def _nothing_to_retry(batch_id: str, codes: frozenset[str] | None) -> errors.Conflict:
+    """The batch has no failed line (of the codes asked): a 409, as for a batch not finished,
+    since it is the batch's state that refuses the call."""
+    which = "" if codes is None else " with the code " + " or ".join(sorted(codes))
+    return errors.Conflict(
+        f"Batch {batch_id} has no failed lines{which} to retry.",
+        param="codes" if codes is not None else "batch_id",
+        code="nothing_to_retry",
+    )
 
 
 def _line_number(text: str | None) -> int:
@@ -268,8 +276,8 @@ def _line_number(text: str | None) -> int:
 
 
 def _flag(text: str | None, name: str) -> bool:
-    if text is None or text in ("false", "0", ""):
+    if text is None or text == "false":
         return False
-    if text in ("true", "1"):
+    if text == "true":
         return True
     raise errors.InvalidValue(f"'{name}' must be true or false.", param=name)
