@@ -41,7 +41,7 @@ class EngineLoadLimit:
     ANSWERS_IN_QUEUE: Final = 2
     #: Requests waiting at this many scrapes in a row is a queue, for the probes.
     QUEUED_SCRAPES: Final = 2
-    GROWTH: Final = 1.25
+    GROWTH: Final = 1.125
     PROBE_MIN: Final = 2.0
     PROBE_MAX: Final = 60.0
 
@@ -58,6 +58,7 @@ class EngineLoadLimit:
         self._probe_every = self.PROBE_MIN
         self._probe_base = 0
         self._most_run = 0
+        self._near = False
 
     def limit(self) -> int:
         return int(self.value)
@@ -80,11 +81,11 @@ class EngineLoadLimit:
         # this can come out below 0. It is not let below 0: those answers are read within
         # moments, and the slots they free would then be filled twice.)
         others = self.foreign = max(0, load.running + load.waiting - own)
-        self._learn(load.running)
+        self._learn(load.running)  # before _climb: it compares with the most run before
         queue = self._queue
         queued = queue is not None and queue.scrapes >= self.QUEUED_SCRAPES
         if self.capacity is None:
-            self._climb(own, load)
+            self._climb(own, load, others)
         elif self._probe(queued, own, now):
             # May it run more? The reserve is lent for one interval: an eighth more with
             # nobody else on the engine, one more while others are (their slots stay theirs).
@@ -114,14 +115,24 @@ class EngineLoadLimit:
             and self._answers - queue.answers >= self.ANSWERS_IN_QUEUE
         )
 
-    def _climb(self, own: int, load: EngineLoad) -> None:
-        """Before the capacity is known: a quarter more per scrape while lowtide uses the
-        whole limit, nothing waits (a queue holds the climb until it is gone, or until it
-        has lasted long enough to tell the capacity), and the engine has most of lowtide's
-        requests (not when they are stuck on the way, in a stalled engine or process)."""
+    def _climb(self, own: int, load: EngineLoad, others: int) -> None:
+        """Before the capacity is known: an eighth more per scrape (every 25 ms then) while
+        lowtide uses the whole limit, nothing waits, and the engine has most of lowtide's
+        requests (not when they are stuck on the way, in a stalled engine or process). At the
+        first sign of a full engine (requests waiting at two scrapes in a row while it runs as
+        many as it ever has and lowtide's requests end), back to what it runs less the reserve
+        at once, and from there one more per quiet scrape: the queue that tells the capacity
+        is then short."""
+        queue = self._queue
+        full = self._full(self.QUEUED_SCRAPES) and queue is not None and queue.top >= self._most_run
+        if full and not self._near:
+            self._near = True
+            self.value = min(self.value, load.running - self.reserve - others)
+            return
         arrived = load.running + load.waiting >= own - max(2, own // 4)
         if own >= self.limit() - 1 and load.waiting == 0 and arrived:
-            self.value += max(1.0, self.value * (self.GROWTH - 1))
+            growth = 1.0 if self._near else max(1.0, self.value * (self.GROWTH - 1))
+            self.value += growth
 
     def _learn(self, running: int) -> None:
         if self.capacity is None:
@@ -134,9 +145,15 @@ class EngineLoadLimit:
             return
         if running > self.capacity:
             self.capacity = running
-        elif self._full(self.LOWER_SCRAPES) and max(self._running) < self.capacity:
-            # A queue that stays while fewer run than the capacity: the engine holds fewer
-            # now (its KV cache is full with longer sequences), one less at a time.
+        elif (
+            self._full(self.LOWER_SCRAPES)
+            and max(self._running) < self.capacity
+            and max(self._running) - min(self._running) <= max(1, self.capacity // 8)
+        ):
+            # A queue that stays while steadily fewer run than the capacity: the engine holds
+            # fewer now (its KV cache is full with longer sequences), one less at a time. (A
+            # running count that jumps about while requests wait is a machine too busy to
+            # step the engine on time, not a smaller engine.)
             self.capacity -= 1
 
     def _probe(self, queued: bool, own: int, now: float) -> bool:
