@@ -81,9 +81,7 @@ def file_problem(input_file_id: str, purpose: str | None) -> JsonDict:
     """The error of a missing input file, or one not for batches (docs/api-compatibility.md,
     "Create batch")."""
     if purpose is None:
-        message = (
-            f"Cannot find file {input_file_id}, or it is not accessible to this account."
-        )
+        message = f"Cannot find file {input_file_id}, or it is not accessible to this account."
     else:
         message = f"File {input_file_id} does not have purpose 'batch'."
     return {"code": "invalid_request", "message": message, "param": "input_file_id", "line": None}
