@@ -39,3 +39,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The openai SDK's HTTP client logs every request at INFO: a batch backend's poll every few
+    # seconds per chunk would bury lowtide's own lines. Its warnings and errors still show.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
