@@ -79,6 +79,26 @@ def test_metrics_climb_until_the_engine_queues_then_keep_the_reserve_free() -> N
     assert seen[:5] == sorted(seen[:5]) and seen[4] > 8  # it climbed before it knew
 
 
+def test_metrics_fall_back_at_the_first_sign_of_a_full_engine() -> None:
+    clock = FakeClock()
+    limit = EngineLoadLimit(ceiling=256, reserve=3, clock=clock, initial=8)
+    assert scrape(limit, clock, running=8, waiting=0, own=8) == 9  # an eighth more, at least 1
+    queued = 0  # scrapes that saw requests waiting
+    for _ in range(30):
+        own = limit.limit()
+        queued += own > 20
+        if scrape(limit, clock, running=min(own, 20), waiting=max(0, own - 20), own=own) < own:
+            break
+    # Requests waited at two scrapes in a row while the engine ran its most (20), and two of
+    # lowtide's requests ended meanwhile (one per scrape here: so at the third): the limit
+    # went back to 20 less the reserve at once, before the capacity is even known...
+    assert queued == 3
+    assert limit.capacity is None and limit.limit() == 20 - 3
+    # ...and climbs one at a time from there.
+    assert scrape(limit, clock, running=17, waiting=0, own=17) == 18
+    assert scrape(limit, clock, running=18, waiting=0, own=18) == 19
+
+
 def test_metrics_subtract_what_others_run_and_queue() -> None:
     clock = FakeClock()
     limit = EngineLoadLimit(ceiling=256, reserve=2, clock=clock)
