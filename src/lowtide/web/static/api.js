@@ -70,6 +70,13 @@ export const api = {
   getBatch: (batchId, signal) => json("GET", `/batches/${id(batchId)}`, { signal }),
   createBatch: (params) => json("POST", "/batches", { json: params }),
   cancelBatch: (batchId) => json("POST", `/batches/${id(batchId)}/cancel`),
+  // The batch controls (lowtide's extensions).
+  pauseBatch: (batchId) => json("POST", `/batches/${id(batchId)}/pause`),
+  resumeBatch: (batchId) => json("POST", `/batches/${id(batchId)}/resume`),
+  retryBatch: (batchId) => json("POST", `/batches/${id(batchId)}/retry`),
+  async resultsBlob(batchId, kind = "all") {
+    return (await request("GET", `/batches/${id(batchId)}/results`, { query: { kind } })).blob();
+  },
   listFiles: (signal) => json("GET", "/files", { signal }),
   getFile: (fileId) => json("GET", `/files/${id(fileId)}`),
   deleteFile: (fileId) => json("DELETE", `/files/${id(fileId)}`),
@@ -86,11 +93,15 @@ export const api = {
 
 /** Save a file through a Blob URL, so the download needs no key in its URL. */
 export async function download(fileId, filename) {
-  const blob = await api.fileBlob(fileId);
+  await saveBlob(await api.fileBlob(fileId), filename || `${fileId}.jsonl`);
+}
+
+/** Save a Blob under ``filename``. */
+export async function saveBlob(blob, filename) {
   const url = URL.createObjectURL(blob);
   const link = document.createElement("a");
   link.href = url;
-  link.download = filename || `${fileId}.jsonl`;
+  link.download = filename;
   link.hidden = true;
   document.body.append(link);
   link.click();

@@ -5,6 +5,7 @@ import { announce, confirmDialog, definitions, errorBox, fill, h, poll } from ".
 import { RUNNING, batchName, fmtCost, fmtInt, fmtTime, isoTime, statusLabel } from "./format.js";
 import { observe, progressBar, speedText } from "./progress.js";
 import { statusBadge } from "./batches.js";
+import { controlButtons, controlFacts, resultsSoFarButton } from "./controls.js";
 
 const POLL_MS = 1000;
 const CANCELLABLE = new Set(["validating", "in_progress"]);
@@ -87,6 +88,7 @@ function details(batch) {
     ["Model", batch.model || "—"],
     ["Completion window", batch.completion_window],
     ["Expires", h("time", { datetime: isoTime(batch.expires_at) }, fmtTime(batch.expires_at))],
+    ...controlFacts(batch),
   ]);
 }
 
@@ -133,6 +135,7 @@ export function render(ctx, batchId) {
   const usageBox = h("div");
   const detailsBox = h("div");
   const files = h("div", { class: "actions wrap" });
+  const soFar = h("div", { class: "actions wrap" });
   const cancel = h("button", { type: "button", class: "button danger push", hidden: true }, "Cancel batch");
   let shownFiles = "";
   let batch = null;
@@ -154,6 +157,8 @@ export function render(ctx, batchId) {
     fill(detailsBox, details(b));
     fill(errors, errorsTable(b));
     cancel.hidden = !CANCELLABLE.has(b.status);
+    controls.update(b);
+    soFar.hidden = ["validating", "failed"].includes(b.status);
     // Rebuild the download buttons only when the set of files changed, to keep the focus.
     const key = [b.input_file_id, b.output_file_id, b.error_file_id].join();
     if (key !== shownFiles) {
@@ -165,6 +170,10 @@ export function render(ctx, batchId) {
         !b.output_file_id && !b.error_file_id && h("p", { class: "muted small" }, noFilesText(b)));
     }
   };
+
+  const controls = controlButtons(ctx, batchId, { show: (b) => show(b), problem, restart: () => restart() });
+  fill(soFar, resultsSoFarButton(batchId, problem),
+    h("p", { class: "muted small" }, "The output and error lines recorded so far, in line order."));
 
   cancel.addEventListener("click", async () => {
     const yes = await confirmDialog({
@@ -210,13 +219,13 @@ export function render(ctx, batchId) {
 
   fill(ctx.main,
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/batches" }, "Batches"), " / ", crumb),
-    h("div", { class: "heading" }, title, status, cancel),
+    h("div", { class: "heading" }, title, status, h("span", { class: "push actions" }, controls, cancel)),
     description, loadProblem, problem, errors,
     h("div", { class: "grid" },
       section("progress-h", "Progress", bar, speed, countsBox),
       section("timeline-h", "Timeline", timelineBox),
       section("usage-h", "Usage and cost", usageBox),
-      section("files-h", "Files", files),
+      section("files-h", "Files", files, soFar),
       section("details-h", "Details", detailsBox)));
 
   restart();

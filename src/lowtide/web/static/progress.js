@@ -46,13 +46,22 @@ export function waitingText(batch) {
   return w ? `waiting for backend ${w.backend}: ${w.error || "no answer"}, since ${fmtTime(w.since)}` : null;
 }
 
-/** "12 req/s · 3 min 20 s left", "measuring…", what the batch waits for, or "" when the batch
- * is not running. */
+/** The server's pace, where it gives one (it sees every line end): lowtide's
+ * ``lines_per_minute`` and ``estimated_completion_at``. */
+function serverSpeed(batch) {
+  if (batch.lines_per_minute == null) return null;
+  const end = batch.estimated_completion_at;
+  return { rate: batch.lines_per_minute / 60, eta: end == null ? null : Math.max(0, end - Date.now() / 1000) };
+}
+
+/** "12 req/s · 3 min 20 s left", "measuring…", what the batch waits for, "paused since…", or
+ * "" when the batch is not running. */
 export function speedText(batch) {
   if (batch.status !== "in_progress") return "";
   const waiting = waitingText(batch);
   if (waiting) return waiting;
-  const s = speed(batch);
+  if (batch.paused_at) return `paused since ${fmtTime(batch.paused_at)}`;
+  const s = serverSpeed(batch) || speed(batch);
   if (!s) return "measuring…";
   if (s.rate <= 0) return "stalled";
   return `${fmtRate(s.rate)} · ${s.eta === null ? "" : `${fmtDuration(s.eta)} left`}`;
