@@ -8,8 +8,9 @@ the interactive p99 latency against its p99 with the engine otherwise idle.
 (b) Without metrics (no interactive client): lowtide's batch throughput against the best fixed
 concurrency's, and the engine's peak waiting queue.
 
-Today lowtide sends at its fixed ``max_concurrency``; ``--adaptive`` sets the backend's
-``concurrency = "adaptive"`` (and in (a) ``metrics_url``; ``--reserve N`` sets ``reserve``).
+Without flags lowtide sends at its fixed ``max_concurrency``; ``--adaptive`` sets the backend's
+``concurrency = "adaptive"`` (and ``metrics_url``: the engine's page in (a), none in (b);
+``--reserve N`` sets ``reserve`` in (a)).
 Throughput is batch requests per model second from the first request the engine saw to its
 last answer; latencies are the engine's, arrival to last token, in model seconds.
 
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
             report_a(r, args, fixed, lt, real_s, idle, n_idle, extra_a)
             behind = max([behind, lt.behind_max_s, *(f.behind_max_s for f in fixed.values())])
         if "b" in args.parts:
-            extra_b = [*adaptive, *args.lowtide_extra]
+            # Without metrics: the backend's default metrics_url (from base_url) would read them.
+            no_metrics = ['metrics_url = ""'] if args.adaptive else []
+            extra_b = [*adaptive, *no_metrics, *args.lowtide_extra]
             fixed, lt, real_s = sweep_and_lowtide(args, workdir, eng, bodies, extra_b, False)
             report_b(r, args, fixed, lt, real_s, extra_b)
             behind = max([behind, lt.behind_max_s, *(f.behind_max_s for f in fixed.values())])

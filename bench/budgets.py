@@ -10,8 +10,9 @@ requests / rpm or tokens / tpm, whichever is higher (the limit that binds), aver
 minutes that ended before the last request was admitted (the sender still had work all
 through them).
 
-Today lowtide only reacts to 429s; ``--budgets`` sets the backend's ``rpm`` and ``tpm`` to the
-engine's limits, for when lowtide paces its sends itself.
+Without flags lowtide only reacts to 429s; ``--budgets`` sets the backend's ``rpm`` and ``tpm``
+to the engine's limits, so that lowtide paces its sends itself, and its budget window to the
+engine's model minute in real time (``[testing] rate_limit_window_seconds`` = 60 / speed).
 
     .venv/bin/python bench/budgets.py [--minutes 5] [--rpm 1000] [--tpm 500000]
         [--concurrency 64] [--speed 10] [--budgets]
@@ -133,14 +134,17 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     write_lines(path, bodies)
     config = EngineConfig(rpm=args.rpm, tpm=args.tpm, speed=args.speed)
     extra = [*args.lowtide_extra]
+    sections = [*args.lowtide_section]
     if args.budgets:
         extra += [f"rpm = {args.rpm}", f"tpm = {args.tpm}"]
+        # The engine's minute is a model minute: lowtide's budget window must be as long in
+        # real time, or it would pace to a tenth of the limit at speed 10.
+        sections.append(f"[testing]\nrate_limit_window_seconds = {BUDGET_WINDOW_S / args.speed:g}")
     results: dict[str, Run] = {}
     with engine(workdir, config) as eng:
         eng.reset(cache=True)
         batch = lowtide_batch(
-            workdir / "server", eng, path, len(bodies), args.concurrency, extra,
-            args.lowtide_section,
+            workdir / "server", eng, path, len(bodies), args.concurrency, extra, sections,
         )  # fmt: skip
         results["lowtide"] = measure(eng)
         eng.reset(cache=True)
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
         eng.reset(cache=True)
         paced_loop(eng, bodies, [cost(b) for b in bodies], args.concurrency)
         results["paced"] = measure(eng)
-    return report(args, config, len(bodies), results, batch.seconds, extra)
+    notes = [*extra, *(section.replace("\n", " ") for section in sections)]
+    return report(args, config, len(bodies), results, batch.seconds, notes)
 
 
 def _pct(x: float) -> str:
