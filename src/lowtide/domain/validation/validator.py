@@ -1,249 +1,56 @@
-"""Validation of a batch input file, pure and streaming (docs/api-compatibility.md,
-"Validation codes").
-
-The engine feeds the bytes of an uploaded JSONL file in chunks of any size and calls ``finish``::
-
-    validator = Validator(endpoint, served_models)
-    for chunk in chunks:
-        validator.feed(chunk)
-    result = validator.finish()   # result.requests, or result.errors when not result.ok
-
-Each line gets at most one error, the first problem found in the order of point 8. The validator
-keeps only the current partial line (never more than ``max_line_bytes + 1`` of it), the custom_ids
-seen and the list of ``RequestLine``; lines past the line limit are still checked, but neither
-stored nor remembered, so memory stays bounded by the limits whatever the file holds.
-"""
+"""The streaming validator of one batch input file (see ``lowtide.domain.validation``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeAlias
 
 import orjson
 
 from lowtide.domain.prefix import PrefixOrder
-
-TEST_MODEL = "batch-test-model"
-TEST_ENDPOINT = "/v1/chat/ds-test"
-# The order is the one used in messages that list the endpoints.
-ENDPOINTS = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/chat/ds-test",
+from lowtide.domain.validation.checks import (
+    BAD_URL,
+    INPUT_OF,
+    MAX_CUSTOM_ID,
+    NO_MODEL,
+    NOT_JSON,
+    STREAMING,
+    TEST_ENDPOINT,
+    TEST_MODEL,
+    Json,
+    Problem,
+    check_fields,
+    check_target,
+    echo,
+    has_input,
+    input_types,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_lines: int = 50_000
-    max_file_bytes: int = 500 * 1024 * 1024
-    max_line_bytes: int = 6 * 1024 * 1024
-    test_max_lines: int = 100
-    test_max_file_bytes: int = 1024 * 1024
-    max_errors: int = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class BatchError:
-    """One entry of the batch's ``errors.data``."""
-
-    code: str
-    message: str
-    param: str | None
-    line: int | None  # 1-based physical line; None for a file-level error
-
-    def to_dict(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLine:
-    """One valid request: where its JSON text lies in the input file."""
-
-    line: int  # 1-based physical line number
-    custom_id: str
-    offset: int  # byte offset of the line's first byte in the file
-    length: int  # byte length of the JSON text, without the trailing \n or \r\n
-    send_order: int = 0  # rank in the order of sending (lowtide.domain.prefix); 0: file order
-    prefix_group: int = 0  # id of the shared prompt prefix it is sent with; 0: none
-
-
-@dataclass(slots=True)
-class Validation:
-    requests: list[RequestLine]
-    errors: list[BatchError]  # file-level errors first, then line errors by line; capped
-    model: str | None  # the batch's single model, None if no line got that far
-    total_bytes: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-# RequestLine is frozen, and a frozen dataclass's __init__ sets each field through
-# object.__setattr__, which costs more per line than everything but the JSON parse. The hot
-# path fills the slots through their descriptors instead: same object, about half the cost.
-_new_object = object.__new__
-_slot = RequestLine.__dict__  # the slot descriptors, looked up once
-_set_line: Callable[[RequestLine, int], None] = _slot["line"].__set__
-_set_custom_id: Callable[[RequestLine, str], None] = _slot["custom_id"].__set__
-_set_offset: Callable[[RequestLine, int], None] = _slot["offset"].__set__
-_set_length: Callable[[RequestLine, int], None] = _slot["length"].__set__
-_set_send_order: Callable[[RequestLine, int], None] = _slot["send_order"].__set__
-_set_prefix_group: Callable[[RequestLine, int], None] = _slot["prefix_group"].__set__
-
-
-def _request_line(line: int, custom_id: str, offset: int, length: int) -> RequestLine:
-    """``RequestLine(line, custom_id, offset, length)``, faster (see above)."""
-    request = _new_object(RequestLine)
-    _set_line(request, line)
-    _set_custom_id(request, custom_id)
-    _set_offset(request, offset)
-    _set_length(request, length)
-    _set_send_order(request, 0)
-    _set_prefix_group(request, 0)
-    return request
-
-
-# (code, param, message): a problem before it is pinned to a line. Tuples, not BatchError,
-# because most lines have none and the hot path should build nothing it does not need.
-_Problem: TypeAlias = tuple[str, str | None, str]
-# What orjson returns; the checks below narrow it field by field.
-_Json: TypeAlias = Any
+from lowtide.domain.validation.results import (
+    BatchError,
+    Limits,
+    RequestLine,
+    Validation,
+    new_request_line,
+    set_prefix_group,
+    set_send_order,
+)
 
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
-_REQUIRED = ("custom_id", "method", "url", "body")
-_MAX_CUSTOM_ID = 512
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-# User-supplied values echoed in messages are cut to this many characters: a 6 MB url repeated
-# in 1,000 errors must not turn errors.data into gigabytes.
-_MAX_ECHO = 256
 # At most this many distinct model names are remembered from served_models(): a hostile file
 # naming a new model per line must not grow the cache without bound.
 _MAX_CACHED_MODELS = 64
-
-_NOT_JSON: _Problem = ("invalid_json_line", None, "This line is not parseable as valid JSON.")
-_NO_MODEL: _Problem = ("invalid_request", "body.model", "Model parameter is required.")
-_STREAMING: _Problem = (
-    "streaming_unsupported",
-    "body.stream",
-    "Chat Completions: Streaming is not supported in the Batch API.",
-)
-_BAD_URL: _Problem = (
-    "invalid_url",
-    "url",
-    "The URL provided for this request does not match the batch endpoint.",
-)
-_MESSAGES = ("messages", ("invalid_request", "body.messages", "Messages parameter is required."))
-_INPUT = ("input", ("invalid_request", "body.input", "Input parameter is required."))
-# The body key each endpoint cannot do without, and the problem when it is absent. Chat needs a
-# non-empty array of messages; the others a non-empty string or array (the finer shape is the
-# backend's to judge, request by request, without failing the whole batch).
-_INPUT_OF: dict[str, tuple[str, _Problem]] = {
-    "/v1/chat/completions": _MESSAGES,
-    TEST_ENDPOINT: _MESSAGES,
-    "/v1/completions": (
-        "prompt",
-        ("invalid_request", "body.prompt", "Prompt parameter is required."),
-    ),
-    "/v1/embeddings": _INPUT,
-    "/v1/responses": _INPUT,
-}
-
-
-def _echo(value: str) -> str:
-    return value if len(value) <= _MAX_ECHO else value[:_MAX_ECHO] + "..."
-
-
-def _type_name(value: object) -> str:
-    """The JSON type of ``value`` as OpenAI's ``invalid_type`` messages name it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-def _wrong_type(key: str, expected: str, value: object) -> _Problem:
-    message = f"Invalid type for '{key}': expected {expected}, but got {_type_name(value)} instead."
-    return ("invalid_request", key, message)
-
-
-def _check_custom_id(value: object) -> _Problem | None:
-    if not isinstance(value, str):
-        return _wrong_type("custom_id", "a string", value)
-    if not value:
-        return ("invalid_request", "custom_id", "Invalid 'custom_id': expected a non-empty string.")
-    if len(value) > _MAX_CUSTOM_ID:
-        message = (
-            f"Invalid 'custom_id': string too long. Expected a string with maximum length "
-            f"{_MAX_CUSTOM_ID}, but got a string with length {len(value)} instead."
-        )
-        return ("invalid_request", "custom_id", message)
-    if _CONTROL.search(value):
-        message = (
-            "Invalid 'custom_id': control characters (U+0000 to U+001F and U+007F) are not allowed."
-        )
-        return ("invalid_request", "custom_id", message)
-    return None
-
-
-def _check_fields(obj: dict[str, _Json]) -> _Problem | None:
-    """Steps 3 and 4: the four keys are present, then each has the right type."""
-    for key in _REQUIRED:
-        if key not in obj:
-            return ("missing_required_parameter", key, f"Missing required parameter: '{key}'.")
-    problem = _check_custom_id(obj["custom_id"])
-    if problem is not None:
-        return problem
-    if not isinstance(obj["method"], str):
-        return _wrong_type("method", "a string", obj["method"])
-    if not isinstance(obj["url"], str):
-        return _wrong_type("url", "a string", obj["url"])
-    if not isinstance(obj["body"], dict):
-        return _wrong_type("body", "an object", obj["body"])
-    return None
-
-
-def _check_target(method: str, url: str) -> _Problem | None:
-    """Steps 5 and 6: POST to a url the Batch API knows."""
-    if method != "POST":
-        return ("invalid_method", "method", f"Only POST is supported, got '{_echo(method)}'.")
-    if url not in ENDPOINTS:
-        message = f"The provided url '{_echo(url)}' is not supported by the Batch API."
-        return ("url_not_found", "url", message)
-    return None
-
-
-def _input_types(key: str) -> tuple[type, ...]:
-    return (list,) if key == "messages" else (str, list)
-
-
-def _has_input(key: str, value: _Json) -> bool:
-    return type(value) in _input_types(key) and bool(value)
+# Frozen, so one shared default is safe.
+_DEFAULT_LIMITS = Limits()
 
 
 class Validator:
-    """Streaming validator of one batch input file; see the module docstring."""
+    """Streaming validator of one batch input file; see ``lowtide.domain.validation``."""
 
     def __init__(
         self,
         endpoint: str,
         served_models: Callable[[str], bool],
-        limits: Limits = Limits(),  # frozen, so one shared default is safe
+        limits: Limits = _DEFAULT_LIMITS,
         *,
         prefix_order: bool = True,
     ) -> None:
@@ -255,8 +62,8 @@ class Validator:
         self._max_file_bytes = limits.test_max_file_bytes if test else limits.max_file_bytes
         self._max_line_bytes = limits.max_line_bytes
         # For the fast path: the body key this endpoint needs, and the types it may have.
-        self._input_key = _INPUT_OF[endpoint][0] if endpoint in _INPUT_OF else "messages"
-        self._input_types = _input_types(self._input_key)
+        self._input_key = INPUT_OF[endpoint][0] if endpoint in INPUT_OF else "messages"
+        self._input_types = input_types(self._input_key)
         self._requests: list[RequestLine] = []
         # Each stored line's prefix key, to rank the lines at the end (None: file order).
         self._order = PrefixOrder(endpoint) if prefix_order else None
@@ -309,8 +116,8 @@ class Validator:
         """Give each request its rank in the order of sending and its prefix group."""
         ranks, groups = order.ranks()
         for request, rank, group in zip(self._requests, ranks, groups, strict=True):
-            _set_send_order(request, rank)
-            _set_prefix_group(request, group)
+            set_send_order(request, rank)
+            set_prefix_group(request, group)
 
     def _skip_bom(self, head: bytes, chunk: bytes) -> bytes:
         """Hold bytes until 3 are known, then drop a leading UTF-8 BOM (orjson rejects it)."""
@@ -395,13 +202,13 @@ class Validator:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            self._report(_NOT_JSON)
+            self._report(NOT_JSON)
             return
         custom_id = self._fast_path(obj) or self._slow_path(obj)
         if custom_id is not None and self._count <= self._max_lines:
             # Past the line limit the batch fails anyway: keep nothing, so memory stays bounded.
             self._ids.add(custom_id)
-            self._requests.append(_request_line(self._lineno, custom_id, offset, length))
+            self._requests.append(new_request_line(self._lineno, custom_id, offset, length))
             if self._order is not None:
                 self._order.add(raw, obj["body"], length)
 
@@ -412,7 +219,7 @@ class Validator:
         )
         self._report(("line_too_large", None, message))
 
-    def _fast_path(self, obj: _Json) -> str | None:
+    def _fast_path(self, obj: Json) -> str | None:
         """The custom_id of a line that certainly passes every check, else None.
 
         Most lines of a good file are alike, so one flat test that they match the batch's
@@ -427,7 +234,7 @@ class Validator:
         if not (
             type(custom_id) is str
             and type(body) is dict
-            and 0 < len(custom_id) <= _MAX_CUSTOM_ID
+            and 0 < len(custom_id) <= MAX_CUSTOM_ID
             and custom_id.isprintable()  # no control characters (nor some harmless ones)
             and obj.get("method") == "POST"
             and obj.get("url") == self._endpoint
@@ -441,18 +248,18 @@ class Validator:
         value = body.get(self._input_key)
         return custom_id if type(value) in self._input_types and value else None
 
-    def _slow_path(self, obj: _Json) -> str | None:
+    def _slow_path(self, obj: Json) -> str | None:
         """Check a line step by step; report its first problem, or return its custom_id."""
         if not isinstance(obj, dict):
-            self._report(_NOT_JSON)
+            self._report(NOT_JSON)
             return None
-        problem = _check_fields(obj)
+        problem = check_fields(obj)
         if problem is not None:
             self._report(problem)
             return None
         custom_id: str = obj["custom_id"]
         url: str = obj["url"]
-        problem = _check_target(obj["method"], url) or self._check_body(url, obj["body"])
+        problem = check_target(obj["method"], url) or self._check_body(url, obj["body"])
         if problem is None:
             if custom_id not in self._ids:
                 return custom_id
@@ -464,7 +271,7 @@ class Validator:
         self._report(problem)
         return None
 
-    def _check_body(self, url: str, body: dict[str, _Json]) -> _Problem | None:
+    def _check_body(self, url: str, body: dict[str, Json]) -> Problem | None:
         """Steps 7 to 12: test-model pairing, batch endpoint, model, input, stream, model."""
         model = body.get("model")
         if (model == TEST_MODEL) != (url == TEST_ENDPOINT):
@@ -475,27 +282,27 @@ class Validator:
                 else f"'{TEST_ENDPOINT}' serves only '{TEST_MODEL}'; use the batch's endpoint."
             )
             message = (
-                f"The provided URL '{_echo(url)}' does not match the test model '{TEST_MODEL}'. "
+                f"The provided URL '{echo(url)}' does not match the test model '{TEST_MODEL}'. "
                 + right
             )
             return ("mismatched_test_url", "url", message)
         if url != self._endpoint:
-            return _BAD_URL
+            return BAD_URL
         if not isinstance(model, str) or not model:
-            return _NO_MODEL
-        key, missing = _INPUT_OF[url]
-        if not _has_input(key, body.get(key)):
+            return NO_MODEL
+        key, missing = INPUT_OF[url]
+        if not has_input(key, body.get(key)):
             return missing
         if body.get("stream"):
-            return _STREAMING
+            return STREAMING
         if not self._is_served(model):
-            message = f"The provided model '{_echo(model)}' is not supported by the Batch API."
+            message = f"The provided model '{echo(model)}' is not supported by the Batch API."
             return ("model_not_found", "body.model", message)
         if self._model is None:
             self._model = model  # the first line to get this far sets the batch's model
         elif model != self._model:
             message = (
-                f"The model '{_echo(model)}' for this request does not match the rest of the "
+                f"The model '{echo(model)}' for this request does not match the rest of the "
                 "batch. Each batch must contain requests for a single model."
             )
             return ("mismatched_model", "body.model", message)
@@ -514,14 +321,14 @@ class Validator:
         return served
 
     @staticmethod
-    def _duplicate(custom_id: str) -> _Problem:
+    def _duplicate(custom_id: str) -> Problem:
         message = (
             f"The custom_id '{custom_id}' for this request is a duplicate of another request. "
             "The custom_id parameter must be unique for each request in a batch."
         )
         return ("duplicate_custom_id", "custom_id", message)
 
-    def _report(self, problem: _Problem) -> None:
+    def _report(self, problem: Problem) -> None:
         if self._full:
             return
         code, param, message = problem
