@@ -96,7 +96,8 @@ class Dispatcher:
 
     def committed(self, group: Sequence[Outcome]) -> None:
         """A group commit touched these outcomes' batches: one with a cap may have been
-        stopped by it (``lowtide.engine.caps``), so look at the running batches again."""
+        stopped by it (the trigger judges the caps as it adds to the counters), so look at the
+        running batches again."""
         capped = {b.id for b in self._active if b.capped}
         if capped and any(o.batch_id in capped for o in group):
             self.wake()
