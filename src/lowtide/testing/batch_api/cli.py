@@ -6,34 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
-import sys
 from collections.abc import Sequence
 
 import orjson
 
+from lowtide.testing import serving
 from lowtide.testing.batch_api.server import FakeBatchApi
 from lowtide.testing.batch_api.state import BatchApiConfig
-from lowtide.testing.upstream.process import LISTENING
-
-
-async def _serve(config: BatchApiConfig, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with FakeBatchApi(config, host=host, port=port) as api:
-        sys.stdout.write(f"{LISTENING}{api.url}\n")
-        sys.stdout.flush()
-        parent = os.getppid()
-        while not stop.is_set():
-            # A fake left behind by a killed test run would hold its port for ever.
-            if os.getppid() != parent:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,5 +22,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config-json", default="{}", help="BatchApiConfig fields as JSON")
     args = parser.parse_args(argv)
     config = BatchApiConfig().updated(orjson.loads(args.config_json))
-    asyncio.run(_serve(config, args.host, args.port))
+    asyncio.run(serving.serve(lambda: FakeBatchApi(config, host=args.host, port=args.port), True))
     return 0

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -12,12 +11,15 @@ from typing import Any, cast
 import orjson
 
 from lowtide.testing.batch_api.state import BatchApiConfig
-from lowtide.testing.children import end, read_ready_line, spawn
 from lowtide.testing.harness import http_json
-from lowtide.testing.upstream.process import LISTENING
+from lowtide.testing.serving import ServerProcess
 
 
-class BatchApiProcess:
+class BatchApiProcess(ServerProcess):
+    """Started as it is made; ``stop`` ends it."""
+
+    what = "fake Batch API"
+
     def __init__(
         self,
         config: BatchApiConfig | None = None,
@@ -32,19 +34,8 @@ class BatchApiProcess:
             "--config-json",
             orjson.dumps(dataclasses.asdict(config or BatchApiConfig())).decode(),
         ]
-        stderr = log.open("ab") if log else subprocess.DEVNULL
-        self.proc = spawn(cmd, stdout=subprocess.PIPE, stderr=stderr)
-        try:
-            self.url = read_ready_line(self.proc, LISTENING, timeout, what="fake Batch API").rstrip(
-                "/"
-            )
-        except BaseException:
-            end(self.proc, 5.0)
-            raise
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
+        super().__init__(cmd, startup_timeout=timeout, log=log)
+        self.start()
 
     def stats(self, per_key: bool = False) -> dict[str, Any]:
         suffix = "?per_key=1" if per_key else ""
@@ -55,6 +46,3 @@ class BatchApiProcess:
 
     def configure(self, **changes: Any) -> None:
         http_json(self.url + "/_fake/config", changes)
-
-    def stop(self) -> None:
-        end(self.proc, 5.0)

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from types import TracebackType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from lowtide.testing.batch_api.state import BatchApiConfig, FakeBatch, Objects, StoredFile
+from lowtide.testing.serving import DEFAULT_BACKLOG, Served, listen
 from lowtide.testing.upstream.config import require_loopback
 
 _MAX_BODY = 1024 * 1024 * 1024
 
 
-class FakeBatchApi:
+class FakeBatchApi(Served):
     """``async with FakeBatchApi(BatchApiConfig()) as api: api.base_url``."""
 
     def __init__(
@@ -40,10 +40,6 @@ class FakeBatchApi:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
 
     @property
     def config(self) -> BatchApiConfig:
@@ -60,10 +56,7 @@ class FakeBatchApi:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self._requested_port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await listen(self._runner, self.host, self._requested_port, DEFAULT_BACKLOG)
         return self.url
 
     async def close(self) -> None:
@@ -71,18 +64,6 @@ class FakeBatchApi:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeBatchApi:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- routing -----------------------------------------------------------------------------
 

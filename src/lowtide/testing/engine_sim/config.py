@@ -9,12 +9,13 @@ settings; docs/scheduling.md ("The engine model") derives each figure and names 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+
+from lowtide.testing import serving
 
 T = TypeVar("T")
 
@@ -85,25 +86,10 @@ class EngineConfig:
 
     def updated(self, changes: Mapping[str, object]) -> EngineConfig:
         """A copy with ``changes`` (JSON-typed values) applied; ValueError if any is bad."""
-        hints = field_hints()
-        coerced: dict[str, Any] = {}
-        for name, value in changes.items():
-            if name not in hints:
-                raise ValueError(f"unknown engine setting {name!r}")
-            try:
-                coerced[name] = _COERCE[hints[name]](value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        return dataclasses.replace(self, **coerced)
+        return serving.replaced(self, changes, _COERCE, field_hints(), "unknown engine setting")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _to_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("expected an integer")
-    return value
 
 
 def _to_float(value: object) -> float:
@@ -112,16 +98,10 @@ def _to_float(value: object) -> float:
     return float(value)
 
 
-def _to_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
 _COERCE: Final[dict[object, Callable[[object], object]]] = {
-    int: _to_int,
+    int: serving.to_int,
     float: _to_float,
-    str: _to_str,
+    str: serving.to_str,
 }
 # Command-line flags arrive as text.
 FROM_TEXT: Final[dict[object, Callable[[str], object]]] = {int: int, float: float, str: str}
@@ -132,12 +112,4 @@ def field_hints() -> dict[str, object]:
 
 
 def require_loopback(host: str) -> None:
-    """The simulated engine is a test tool: it never listens beyond this machine."""
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"the simulated engine only listens on loopback, not {host!r}")
+    serving.require_loopback(host, "the simulated engine only listens on loopback")

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Final
 
 import orjson
@@ -33,6 +32,7 @@ from lowtide.testing.engine_sim.config import EngineConfig, require_loopback
 from lowtide.testing.engine_sim.core import EngineCore, Seq
 from lowtide.testing.engine_sim.limits import RollingBudget
 from lowtide.testing.engine_sim.stats import Stats
+from lowtide.testing.serving import Served, listen
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-class SimEngine:
+class SimEngine(Served):
     """The simulated engine in the current event loop: ``async with SimEngine(cfg) as eng``."""
 
     def __init__(
@@ -92,10 +92,7 @@ class SimEngine:
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._requested_port, backlog=_BACKLOG)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        self._port = await listen(self._runner, self._host, self._requested_port, _BACKLOG)
         self._t0 = time.monotonic()
         self._stepper = asyncio.create_task(self._step_forever(), name="engine-sim-steps")
         return self.url
@@ -110,18 +107,6 @@ class SimEngine:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> SimEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @property
     def port(self) -> int:
         return self._port
@@ -129,10 +114,6 @@ class SimEngine:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
 
     # -- the clock and the steps
 

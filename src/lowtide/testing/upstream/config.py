@@ -7,12 +7,13 @@ Every field of ``UpstreamConfig`` is also a command-line flag (``--rate-429``) a
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+
+from lowtide.testing import serving
 
 DOWN_MODES: Final = ("close", "503")
 
@@ -72,16 +73,7 @@ class UpstreamConfig:
 
     def updated(self, changes: Mapping[str, object]) -> UpstreamConfig:
         """A copy with ``changes`` (JSON-typed values) applied; ValueError if any is bad."""
-        hints = field_hints()
-        coerced: dict[str, Any] = {}
-        for name, value in changes.items():
-            if name not in hints:
-                raise ValueError(f"unknown config field {name!r}")
-            try:
-                coerced[name] = _COERCERS[hints[name]](value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        return dataclasses.replace(self, **coerced)  # __post_init__ validates
+        return serving.replaced(self, changes, _COERCERS, field_hints(), "unknown config field")
 
     def validate(self) -> None:
         rates = (self.error_rate, self.rate_429, self.drop_rate, self.hang_rate, self.garbage_rate)
@@ -127,18 +119,6 @@ def _to_float(value: object) -> float:
     return float(value)
 
 
-def _to_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("expected an integer")
-    return value
-
-
-def _to_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
 def _to_bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -148,13 +128,13 @@ def _to_bool(value: object) -> bool:
 def _to_int_tuple(value: object) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError("expected a list of integers")
-    return tuple(_to_int(v) for v in value)
+    return tuple(serving.to_int(v) for v in value)
 
 
 def _to_str_tuple(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError("expected a list of strings")
-    return tuple(_to_str(v) for v in value)
+    return tuple(serving.to_str(v) for v in value)
 
 
 def _optional(inner: Callable[[object], T]) -> Callable[[object], T | None]:
@@ -163,13 +143,13 @@ def _optional(inner: Callable[[object], T]) -> Callable[[object], T | None]:
 
 _COERCERS: Final[dict[object, Callable[[object], object]]] = {
     float: _to_float,
-    int: _to_int,
-    str: _to_str,
+    int: serving.to_int,
+    str: serving.to_str,
     bool: _to_bool,
     tuple[int, ...]: _to_int_tuple,
     tuple[str, ...]: _to_str_tuple,
-    int | None: _optional(_to_int),
-    str | None: _optional(_to_str),
+    int | None: _optional(serving.to_int),
+    str | None: _optional(serving.to_str),
 }
 
 
@@ -218,11 +198,4 @@ def with_windows(config: UpstreamConfig, started: Sequence[str], now: float) -> 
 
 
 def require_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"the fake upstream only listens on loopback addresses, not {host!r}")
+    serving.require_loopback(host, "the fake upstream only listens on loopback addresses")

@@ -5,23 +5,25 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 
 import orjson
 
-from lowtide.testing.children import end, read_ready_line, spawn
+from lowtide.testing import serving
+from lowtide.testing.children import read_ready_line
 from lowtide.testing.upstream.config import UpstreamConfig, require_loopback
 
-LISTENING = "LISTENING "  # the first line the process prints, before the url it listens on
+LISTENING = serving.LISTENING  # the first line the process prints, before the url it listens on
 
 
-class UpstreamProcess:
+class UpstreamProcess(serving.ServerProcess):
     """The fake upstream in a child process, so it has its own CPU like a real backend.
 
     ``with UpstreamProcess(UpstreamConfig(latency=0.01)) as proc: proc.url``. Change it at
     run time through ``POST {url}/_fake/config``; read it through ``GET {url}/_fake/stats``.
     The child dies with this process (see ``lowtide.testing.children.spawn``).
     """
+
+    what = "the fake upstream"
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class UpstreamProcess:
         extra_args: Sequence[str] = (),
     ) -> None:
         require_loopback(host)
-        self._argv = [
+        argv = [
             sys.executable,
             "-m",
             "lowtide.testing.upstream",
@@ -45,44 +47,8 @@ class UpstreamProcess:
             orjson.dumps((config or UpstreamConfig()).to_dict()).decode(),
             *extra_args,
         ]
-        self._timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("the fake upstream process is not running")
-        return self._proc.pid
-
-    def start(self) -> str:
-        self._proc = spawn(self._argv, stdout=subprocess.PIPE)
-        try:
-            self.url = read_listening(self._proc, self._timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self.url
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        end(proc, timeout)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> UpstreamProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        # Its stderr is this process's: a test that fails shows why the fake did.
+        super().__init__(argv, startup_timeout=startup_timeout, inherit_stderr=True)
 
 
 def read_listening(proc: subprocess.Popen[bytes], timeout: float) -> str:

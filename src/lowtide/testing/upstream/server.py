@@ -16,7 +16,6 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final
 
 import orjson
@@ -26,6 +25,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from lowtide.testing.serving import Served, listen
 from lowtide.testing.upstream import replies
 from lowtide.testing.upstream.config import UpstreamConfig, require_loopback, with_windows
 from lowtide.testing.upstream.faults import Dice, Fault, Pauses, has
@@ -41,7 +41,7 @@ _BACKLOG: Final = 1024
 _ARRIVED: Final = web.RequestKey("lowtide_fake_arrived", float)
 
 
-class FakeUpstream:
+class FakeUpstream(Served):
     """The fake server, run inside the current event loop (``async with``)."""
 
     def __init__(
@@ -76,10 +76,7 @@ class FakeUpstream:
             access_log=None,
         )
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._requested_port, backlog=_BACKLOG)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        self._port = await listen(self._runner, self._host, self._requested_port, _BACKLOG)
         self._started = time.monotonic()
         return self.url
 
@@ -105,18 +102,6 @@ class FakeUpstream:
         await self._runner.cleanup()
         self._runner = None
         self._server = None
-
-    async def __aenter__(self) -> FakeUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _make_request(
         self,
@@ -151,11 +136,6 @@ class FakeUpstream:
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        """What an OpenAI client takes as ``base_url``."""
-        return self.url + "/v1"
 
     @property
     def config(self) -> UpstreamConfig:
