@@ -36,6 +36,7 @@ from lowtide.cli.extensions import (
     result_paths,
     server_pace,
 )
+from lowtide.cli.options import GROUP_SETTINGS
 from lowtide.cli.progress import (
     EXIT_INTERRUPTED,
     TERMINAL,
@@ -173,7 +174,7 @@ def _finish(batch: Batch, as_json: bool) -> int:
     return exit_code(batch.status)
 
 
-@click.group(name="batch")
+@click.group(name="batch", context_settings=GROUP_SETTINGS)
 def batch_group() -> None:
     """Submit, watch, list, cancel and download batches on a server.
 

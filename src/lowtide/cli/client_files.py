@@ -18,6 +18,7 @@ from lowtide.cli.client_common import (
     when,
     with_client,
 )
+from lowtide.cli.options import GROUP_SETTINGS
 
 if TYPE_CHECKING:
     import openai
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["files_group"]
 
 
-@click.group(name="files")
+@click.group(name="files", context_settings=GROUP_SETTINGS)
 def files_group() -> None:
     """Upload, list, show, download and delete files on a server.
 

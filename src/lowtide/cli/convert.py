@@ -46,6 +46,7 @@ from lowtide.cli.convert_results import (
     result_row,
     result_rows,
 )
+from lowtide.cli.options import GROUP_SETTINGS
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -108,7 +109,7 @@ def _destination(path: str) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-@click.group(name="convert")
+@click.group(name="convert", context_settings=GROUP_SETTINGS)
 def convert_group() -> None:
     """Convert between CSV spreadsheets and batch JSONL files."""
 

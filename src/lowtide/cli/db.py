@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from lowtide import errors
-from lowtide.cli.options import config_option, database_url_option
+from lowtide.cli.options import GROUP_SETTINGS, config_option, database_url_option
 from lowtide.settings import load_settings
 from lowtide.store import migrations
 
 
-@click.group("db")
+@click.group("db", context_settings=GROUP_SETTINGS)
 def db_group() -> None:
     """The database schema: print it, or bring a database up to date.
 

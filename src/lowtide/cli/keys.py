@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lowtide import errors
-from lowtide.cli.options import config_option, database_url_option
+from lowtide.cli.options import GROUP_SETTINGS, config_option, database_url_option
 from lowtide.domain.accounts import ApiKeyRecord
 from lowtide.service.keys import KeyService
 from lowtide.settings import load_settings
@@ -35,7 +35,7 @@ _DATABASE = database_url_option("Use")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-@click.group("keys")
+@click.group("keys", context_settings=GROUP_SETTINGS)
 def keys_group() -> None:
     """API keys kept in the database: create, list, revoke.
 

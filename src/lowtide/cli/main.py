@@ -17,7 +17,7 @@ from lowtide.cli.client import backends_command, batch_group, files_group
 from lowtide.cli.convert import convert_group
 from lowtide.cli.db import db_group
 from lowtide.cli.keys import keys_group
-from lowtide.cli.options import config_option, logging_options
+from lowtide.cli.options import GROUP_SETTINGS, config_option, logging_options
 from lowtide.cli.run import run_command
 from lowtide.cli.worker import worker
 from lowtide.logs import setup_logging
@@ -39,7 +39,7 @@ class _Commands(click.Group):
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings=GROUP_SETTINGS)
 @click.version_option(__version__, prog_name="lowtide")
 def cli() -> None:
     """lowtide: a self-hosted Batch API for LLM requests.

@@ -10,6 +10,11 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Every group's context settings: `-h` as well as `--help`. Each group says so itself, not only
+#: the root: click keeps a command's help option from the first context that asks for it, so a
+#: group run on its own (a test of `convert`) would otherwise fix its commands to `--help` alone.
+GROUP_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
 
 def config_option(purpose: str = "") -> Callable[[F], F]:
     """``--config FILE`` (falling back to ``$LOWTIDE_CONFIG``), passed as ``config_path``."""
