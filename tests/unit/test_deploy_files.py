@@ -80,7 +80,7 @@ def test_unit_exec_start_is_a_command_line_lowtide_accepts() -> None:
     unit = parse_unit(UNIT.read_text())
     argv = shlex.split(one(unit, "Service", "ExecStart"))
     assert Path(argv[0]).name == "lowtide"
-    root = click.Context(cli)
+    root = click.Context(cli, **cli.context_settings)
     command = cli.get_command(root, argv[1])
     assert command is not None and argv[1] == "serve"
     # Under its parent, as the command line runs it (click keeps a command's help option from
