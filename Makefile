@@ -6,8 +6,11 @@
 PYTHON ?= $(shell scripts/find-python)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# The oldest one (3.11, the floor pyproject.toml promises), for `make test-floor`.
+FLOOR_PYTHON ?= $(shell scripts/find-python --oldest)
+FLOOR_VENV   ?= .venv-floor
 
-.PHONY: serve test test-stress install install-dev lint typecheck pytest bench clean
+.PHONY: serve test test-floor test-stress install install-dev lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +50,18 @@ pytest: install-dev
 
 test: lint typecheck pytest
 
+# The fast tiers (unit, in-process) on the oldest supported CPython too, when the machine has
+# one older than .venv's: lowtide promises 3.11+, and .venv is built with the newest.
+test-floor:
+	@if [ -z "$(FLOOR_PYTHON)" ] || [ "$$($(FLOOR_PYTHON) -V)" = "$$($(BIN)/python -V)" ]; then \
+	  echo "test-floor: no interpreter older than .venv's on this machine"; \
+	else \
+	  [ -x $(FLOOR_VENV)/bin/python ] || $(FLOOR_PYTHON) -m venv $(FLOOR_VENV); \
+	  $(FLOOR_VENV)/bin/pip install --quiet -e '.[dev]' && \
+	  $(FLOOR_VENV)/bin/python -V && \
+	  $(FLOOR_VENV)/bin/pytest -p no:cacheprovider --no-cov tests/unit tests/inprocess; \
+	fi
+
 # The suite beside one busy loop per core, as on a loaded CI machine: `make test-stress RUNS=5`.
 test-stress: install-dev
 	scripts/test-stress $(or $(RUNS),1) $(PYTEST_ARGS)
@@ -55,4 +70,4 @@ bench: install-dev
 	BENCH_COMMAND="make bench" BENCH_PYTHON=$(BIN)/python bench/all
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) .mypy_cache .ruff_cache .pytest_cache
