@@ -4,8 +4,7 @@ the two to each other.
 
 A batch is *stopped* like a cancel (``cancelling``, then ``cancelled``): nothing more is sent,
 requests in flight finish, and the lines never sent go to the error file. ``stop_reason`` says
-why: a cap (``max_cost``, ``max_error_rate``), an ordinary cancel (``cancelled_by_user``), or
-whatever an engine stopped it for (``stop``).
+why: a cap (``max_cost``, ``max_error_rate``) or an ordinary cancel (``cancelled_by_user``).
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ CANCELLED_BY_USER: Final = "cancelled_by_user"
 STOP_REASONS: Final = (MAX_COST, MAX_ERROR_RATE, CANCELLED_BY_USER)
 
 #: ``max_error_rate`` is judged once this many lines have ended: before, a few early failures
-#: would stop a batch that goes on to do well. A batch of fewer lines is never stopped by it.
+#: would stop a batch that goes on to do well. A batch of this many lines or fewer is never
+#: stopped by it (a stop needs that many ended and at least one still to run).
 ERROR_RATE_MIN_LINES: Final = 100
 
 #: The code of the error line of a request never sent because a cap stopped its batch.
