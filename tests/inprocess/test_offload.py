@@ -374,7 +374,7 @@ async def test_a_paused_batch_gets_no_new_chunk_and_a_stopped_one_cancels_upstre
     await eventually(lambda: offload.looks >= looks + 5, "five looks at the batches")
     assert batch_api.stats()["uploads"] == 0 and await store.chunks_of(created.id) == []
     resumed_at = _now()
-    await store.resume_batch("alice", created.id)
+    await store.resume_batch("alice", created.id, resumed_at)
     await eventually(lambda: batch_api.stats()["batches_created"] == 2, "two upstream batches")
     assert all(ch.created_at >= resumed_at for ch in await store.chunks_of(created.id))
     # A stop (a cap) cancels the upstream batches; what they ran is kept.

@@ -59,16 +59,22 @@ async def test_pause_and_resume(store: Store) -> None:
     again = await store.pause_batch("alice", "batch_a", NOW + 5)
     assert again is not None and again.paused_at == NOW  # the first pause holds
     assert await store.pause_batch("bob", "batch_a", NOW) is None  # another account's
-    resumed = await store.resume_batch("alice", "batch_a")
+    resumed = await store.resume_batch("alice", "batch_a", NOW + 300)
     assert resumed is not None and resumed.paused_at is None
     assert {b.id for b in await store.active_batches()} == {"batch_a", "batch_b"}
+    # Its pace is counted afresh from the resume: the paused time is not a slow pace.
+    assert (resumed.pace_at, resumed.pace_prev_at) == (NOW + 300, 0)
+    assert resumed.pace_done == resumed.completed + resumed.failed
+    # Resuming a batch that is not paused changes nothing (its pace included).
+    again = await store.resume_batch("alice", "batch_a", NOW + 400)
+    assert again is not None and again.pace_at == NOW + 300
 
 
 async def test_pause_leaves_a_batch_not_in_progress_as_it_is(store: Store) -> None:
     await store.create_batch(batch_rec("batch_v"))
     batch = await store.pause_batch("alice", "batch_v", NOW)
     assert batch is not None and batch.status == Status.VALIDATING and batch.paused_at is None
-    batch = await store.resume_batch("alice", "batch_v")
+    batch = await store.resume_batch("alice", "batch_v", NOW)
     assert batch is not None and batch.status == Status.VALIDATING
 
 

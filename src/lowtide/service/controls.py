@@ -62,7 +62,7 @@ class ControlService:
     async def resume(self, account: str, batch_id: str) -> BatchRecord:
         """Resume an in_progress batch (one not paused is answered as it is); 409 otherwise."""
         await self.batches.get(account, batch_id)
-        batch = await self.store.resume_batch(account, batch_id)
+        batch = await self.store.resume_batch(account, batch_id, int(time.time()))
         return await self._moved(batch, batch_id, "resume", "resumed")
 
     async def _moved(

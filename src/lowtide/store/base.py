@@ -354,8 +354,9 @@ class ControlStore(Protocol):
         """Pause an in_progress batch of ``account`` (a paused one keeps its ``paused_at``);
         return the batch as it is now, paused or not (None: no such batch)."""
 
-    async def resume_batch(self, account: str, batch_id: str) -> BatchRecord | None:
-        """Resume an in_progress batch of ``account``; return the batch as it is now."""
+    async def resume_batch(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
+        """Resume a paused in_progress batch of ``account``, its pace counted afresh from
+        ``now``; return the batch as it is now (resumed, or as it was)."""
 
     async def stop_batch(self, batch_id: str, reason: str, now: int) -> bool:
         """Stop a validating or in_progress batch like a cancel, with ``reason`` as its

@@ -22,8 +22,8 @@ class ControlWork(ControlPlane):
         row = await self._pool.fetchrow(self.q["pause"], now, batch_id, account)
         return rows.batch_from_row(row) if row is not None else None
 
-    async def resume_batch(self, account: str, batch_id: str) -> BatchRecord | None:
-        row = await self._pool.fetchrow(self.q["resume"], batch_id, account)
+    async def resume_batch(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
+        row = await self._pool.fetchrow(self.q["resume"], batch_id, account, now)
         return rows.batch_from_row(row) if row is not None else None
 
     async def stop_batch(self, batch_id: str, reason: str, now: int) -> bool:

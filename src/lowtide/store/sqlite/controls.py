@@ -25,9 +25,9 @@ class ControlWork(ControlPlane):
 
         return await self._write(pause)
 
-    async def resume_batch(self, account: str, batch_id: str) -> BatchRecord | None:
+    async def resume_batch(self, account: str, batch_id: str, now: int) -> BatchRecord | None:
         def resume(c: sqlite3.Connection) -> BatchRecord | None:
-            c.execute(self.q["resume"], (batch_id, account))
+            c.execute(self.q["resume"], (batch_id, account, now))
             return self._fetch_batch(c, account, batch_id)
 
         return await self._write(resume)

@@ -430,9 +430,11 @@ UNION ALL
 SELECT * FROM batches WHERE id = $2 AND account = $3 AND NOT EXISTS (SELECT 1 FROM moved)
 
 -- name: resume
+-- (batch id, account, now): the pace starts afresh from now (the paused time is no pace).
 WITH moved AS (
-    UPDATE batches SET paused_at = NULL
-    WHERE id = $1 AND account = $2 AND status = {status.in_progress}
+    UPDATE batches SET paused_at = NULL, pace_at = $3, pace_done = completed + failed,
+        pace_prev_at = 0, pace_prev_done = 0
+    WHERE id = $1 AND account = $2 AND status = {status.in_progress} AND paused_at IS NOT NULL
     RETURNING *)
 SELECT * FROM moved
 UNION ALL

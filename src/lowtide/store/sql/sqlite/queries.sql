@@ -352,8 +352,10 @@ UPDATE batches SET paused_at = COALESCE(paused_at, ?1)
 WHERE id = ?2 AND account = ?3 AND status = {status.in_progress}
 
 -- name: resume
-UPDATE batches SET paused_at = NULL
-WHERE id = ?1 AND account = ?2 AND status = {status.in_progress}
+-- (batch id, account, now): the pace starts afresh from now (the paused time is no pace).
+UPDATE batches SET paused_at = NULL, pace_at = ?3, pace_done = completed + failed,
+    pace_prev_at = 0, pace_prev_done = 0
+WHERE id = ?1 AND account = ?2 AND status = {status.in_progress} AND paused_at IS NOT NULL
 
 -- name: stop
 -- (now, reason, batch id): stop a batch like a cancel, saying why.
