@@ -105,11 +105,13 @@ def serve(
         timeout_graceful_shutdown=5,
         server_header=False,
     )
+    # Port 0 asks the system for a free port, known once uvicorn binds: its own line names it.
+    where = settings.server.port or "a free port (uvicorn's next line)"
     logging.getLogger(__name__).info(
-        "lowtide %s on http://%s:%d (data in %s)",
+        "lowtide %s on http://%s:%s (data in %s)",
         __version__,
         settings.server.host,
-        settings.server.port,
+        where,
         settings.server.data_dir,
     )
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was in
