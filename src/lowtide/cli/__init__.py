@@ -17,12 +17,17 @@ in place and are not concerned.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
-from types import FrameType
-from typing import Final
+# Ctrl-C while these load (compiled afresh on a first run) comes before main() can install its
+# handler: end the same way as after it, quietly with 130 (the number EXIT_INTERRUPTED names).
+try:
+    import os
+    import signal
+    import sys
+    import threading
+    from types import FrameType
+    from typing import Final
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 #: Ctrl-C: the shell's convention, 128 + SIGINT.
 EXIT_INTERRUPTED: Final = 130
