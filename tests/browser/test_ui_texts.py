@@ -65,6 +65,8 @@ def test_a_failed_batch_says_why_it_has_no_result_files(ui: Ui) -> None:
 
 
 def test_a_batch_waiting_for_a_backend_says_for_which_and_why(browser: Any, tmp_path: Path) -> None:
+    """The batch page says which backend it waits for and why; the batches page lists the
+    backends with their state, last error and limit."""
     with socket.socket() as sock:  # a backend address where nothing listens
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
@@ -78,6 +80,14 @@ def test_a_batch_waiting_for_a_backend_says_for_which_and_why(browser: Any, tmp_
         page.goto(f"{server.url}/ui/")
         page.get_by_label("API key").fill(ALICE)
         page.get_by_role("button", name="Sign in").click()
+        # The batches page lists the backends: this one down, why, and its limit.
+        backends = page.get_by_role("region", name="Backends")
+        fake = backends.locator("tr[data-backend=fake]")
+        expect()(fake.locator("td[data-label=State]")).to_contain_text("Down")
+        expect()(fake.locator("td[data-label='Last error']")).to_contain_text(
+            "Cannot connect to host"
+        )
+        expect()(fake.locator("td[data-label=Limit]")).to_have_text("16")
         page.goto(f"{server.url}/ui/#/batches/{batch.id}")
         expect()(page.get_by_text("waiting for backend fake: ").first).to_be_visible()
         expect()(page.get_by_text("Cannot connect to host").first).to_be_visible()

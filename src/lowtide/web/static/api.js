@@ -78,6 +78,7 @@ export const api = {
     return (await request("GET", `/batches/${id(batchId)}/results`, { query: { kind } })).blob();
   },
   listFiles: (signal) => json("GET", "/files", { signal }),
+  listBackends: (signal) => json("GET", "/backends", { signal }),
   getFile: (fileId) => json("GET", `/files/${id(fileId)}`),
   deleteFile: (fileId) => json("DELETE", `/files/${id(fileId)}`),
   uploadFile(file, purpose = "batch") {

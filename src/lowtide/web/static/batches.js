@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { announce, errorBox, fill, h, poll } from "./dom.js";
 import { RUNNING, STATUSES, batchName, fmtCost, fmtTime, isoTime, statusLabel } from "./format.js";
 import { observe, progressBar, speedText } from "./progress.js";
+import { backendsSection } from "./backends.js";
 
 const FAST_MS = 1000; // while a batch runs
 const SLOW_MS = 15000; // otherwise, to notice batches created elsewhere
@@ -46,6 +47,7 @@ export function render(ctx) {
   const empty = h("p", { class: "empty", hidden: true });
   const more = h("p", { class: "muted small", hidden: true }, "Showing the newest 100 batches; narrow the filters to find older ones.");
   const problem = h("div");
+  const backends = backendsSection();
 
   const status = h("select", { id: "filter-status", name: "status" },
     h("option", { value: "" }, "Any status"),
@@ -59,7 +61,10 @@ export function render(ctx) {
   let generation = 0; // answers to an older filter are dropped
   const load = async () => {
     const mine = ++generation;
-    const page = await api.listBatches({ status: filters.status, name: filters.name }, ctx.signal);
+    const [page] = await Promise.all([
+      api.listBatches({ status: filters.status, name: filters.name }, ctx.signal),
+      backends.load(ctx.signal),
+    ]);
     if (mine !== generation) return FAST_MS; // a newer filter's answer is on its way
     fill(problem);
     show(page);
@@ -101,7 +106,7 @@ export function render(ctx) {
 
   fill(ctx.main,
     h("div", { class: "heading" }, h("h1", { tabindex: "-1" }, "Batches"), h("a", { class: "button primary push", href: "#/new" }, "New batch")),
-    form, problem, table, empty, more);
+    form, problem, table, empty, more, backends);
   table.hidden = true;
   poll(ctx.signal, async () => {
     try {
