@@ -37,7 +37,6 @@ from common import (
     cpu_seconds,
     machine_busy,
     main,
-    ratio,
     upload,
     upstream,
     write_chat_file,
@@ -264,7 +263,7 @@ def report(runs: dict[int, list[Result]], args: argparse.Namespace) -> Report:
                 f"{r.workers} worker{'s' if r.workers > 1 else ''}: requests/s in dispatch",
                 f"{r.rate:,.0f} req/s",
                 f"{base.rate:,.0f} req/s (1 worker)",
-                ratio(r.rate, base.rate),
+                r.rate / base.rate,
             )
         )
         per_k = 1000 / r.requests  # CPU seconds per 1,000 requests = ms per request

@@ -24,6 +24,7 @@ SCRIPTS = {
     "memory": "memory",
     "finalise": "finalise",
     "control_plane": "control plane",
+    "fleet": "fleet",  # on the machine's PostgreSQL, as the fleet tests
 }
 
 
