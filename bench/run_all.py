@@ -23,7 +23,21 @@ from lowtide.testing import children
 from lowtide.testing.children import ending_children
 
 BENCH = Path(__file__).resolve().parent
-NAMES = ("validate", "upload", "dispatch", "makespan", "memory", "finalise", "control_plane")
+NAMES = (
+    "validate",
+    "upload",
+    "dispatch",
+    "makespan",
+    "memory",
+    "finalise",
+    "control_plane",
+    "prefix_order",
+    "adaptive",
+    "budgets",
+)
+#: The scheduling benchmarks measure lowtide with its feature on only when asked (without the
+#: flag they measure it as it was before the feature: docs/scheduling.md, "Benchmarks").
+FLAGS = {"adaptive": ["--adaptive"], "budgets": ["--budgets"]}
 
 
 def machine() -> list[str]:
@@ -65,7 +79,7 @@ def upstream_capacity(tiny: bool) -> None:
 
 
 def run_one(name: str, tiny: bool, out: Path) -> Report:
-    cmd = [sys.executable, str(BENCH / f"{name}.py"), "--json", str(out)]
+    cmd = [sys.executable, str(BENCH / f"{name}.py"), *FLAGS.get(name, []), "--json", str(out)]
     if tiny:
         cmd.append("--tiny")
     t0 = time.monotonic()
