@@ -239,8 +239,8 @@ class Batch(BaseModel):
     )
     paused_at: Timestamp | None = Field(description="Since when it is paused; null if it is not.")
     stop_reason: str | None = Field(
-        description="Why a cancelled batch stopped: `max_cost`, `max_error_rate` or "
-        "`cancelled_by_user`.",
+        description="Why the batch stopped (set from `cancelling` on): `max_cost`, "
+        "`max_error_rate` or `cancelled_by_user`; null while it was not stopped.",
         examples=["max_cost"],
     )
     lines_per_minute: float | None = Field(
