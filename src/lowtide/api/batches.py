@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from lowtide import errors
 from lowtide.api.auth import Caller, limited
-from lowtide.api.params import BatchId
+from lowtide.api.params import BatchId, read_json_body
 from lowtide.api.responses import JSON, page
 from lowtide.domain import wire
 from lowtide.service.batches import BatchService
@@ -20,28 +18,11 @@ Creator = Annotated[Caller, Depends(limited("create"))]
 Reader = Annotated[Caller, Depends(limited("retrieve"))]
 Lister = Annotated[Caller, Depends(limited("list"))]
 Canceller = Annotated[Caller, Depends(limited("cancel"))]
-_MAX_BODY = 1 << 20
 
 
 def _batches(request: Request) -> BatchService:
     service: BatchService = request.app.state.batches
     return service
-
-
-async def _json_body(request: Request) -> Any:
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > _MAX_BODY:
-            raise errors.PayloadTooLarge("The request body is too large.", code="body_too_large")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise errors.InvalidRequest(
-            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
-            "payload.",
-            code="invalid_json",
-        ) from None
 
 
 @router.post(
@@ -51,7 +32,7 @@ async def _json_body(request: Request) -> Any:
     response_description="The batch, in `validating`.",
 )
 async def create_batch(request: Request, caller: Creator) -> JSON:
-    params = await _json_body(request)
+    params = await read_json_body(request)
     key = request.headers.get("idempotency-key")
     return JSON(await _batches(request).create_idempotent(caller.account, params, key))
 

@@ -3,15 +3,13 @@ batch runs, its results so far, pause, resume, and the retry of its failed lines
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from lowtide import errors
 from lowtide.api.auth import Caller, limited
-from lowtide.api.params import BatchId
+from lowtide.api.params import BatchId, read_json_body
 from lowtide.api.responses import JSON
 from lowtide.domain import wire
 from lowtide.service.controls import ControlService
@@ -26,31 +24,11 @@ Canceller = Annotated[Caller, Depends(limited("cancel"))]
 LAST_LINE = "Lowtide-Last-Line"
 DONE_THROUGH = "Lowtide-Done-Through"
 JSONL = "application/jsonl"
-_MAX_BODY = 1 << 20
 
 
 def _controls(request: Request) -> ControlService:
     service: ControlService = request.app.state.controls
     return service
-
-
-async def _body(request: Request, *, required: bool) -> Any:
-    """The JSON body; an empty one is None when the route may do without it."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > _MAX_BODY:
-            raise errors.PayloadTooLarge("The request body is too large.", code="body_too_large")
-    if not body.strip() and not required:
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise errors.InvalidRequest(
-            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
-            "payload.",
-            code="invalid_json",
-        ) from None
 
 
 @router.post(
@@ -62,7 +40,7 @@ async def _body(request: Request, *, required: bool) -> Any:
 )
 async def estimate_batch(request: Request, caller: Creator) -> JSON:
     estimates: EstimateService = request.app.state.estimates
-    return JSON(await estimates.estimate(caller.account, await _body(request, required=True)))
+    return JSON(await estimates.estimate(caller.account, await read_json_body(request)))
 
 
 @router.get(
@@ -124,6 +102,6 @@ async def resume_batch(request: Request, batch_id: BatchId, caller: Canceller) -
     response_description="The new batch, in `validating`, with `metadata.retry_of`.",
 )
 async def retry_batch(request: Request, batch_id: BatchId, caller: Creator) -> JSON:
-    params = await _body(request, required=False)
+    params = await read_json_body(request, required=False)
     key = request.headers.get("idempotency-key")
     return JSON(await _controls(request).retry_idempotent(caller.account, batch_id, params, key))

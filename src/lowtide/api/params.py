@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Path
+import orjson
+from fastapi import Path, Request
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from lowtide import errors
 from lowtide.domain import controls
 from lowtide.domain.ids import ID_PATTERN
 from lowtide.domain.status import Status
@@ -21,6 +23,29 @@ from lowtide.domain.validation import ENDPOINTS
 from lowtide.service import batches
 from lowtide.service.files import EXPIRY_SECONDS, UPLOAD_PURPOSES
 from lowtide.service.idempotency import MAX_KEY_LENGTH
+
+#: The largest JSON body a route reads (uploads are multipart, streamed, and not read here).
+MAX_JSON_BODY = 1 << 20
+
+
+async def read_json_body(request: Request, *, required: bool = True) -> Any:
+    """The request's JSON body, read within ``MAX_JSON_BODY``; an empty one is None when the
+    route may do without it. Refusals are worded as the OpenAI API words them."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_JSON_BODY:
+            raise errors.PayloadTooLarge("The request body is too large.", code="body_too_large")
+    if not body.strip() and not required:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.InvalidRequest(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+            "payload.",
+            code="invalid_json",
+        ) from None
 
 
 def _no_default(schema: dict[str, Any]) -> None:
