@@ -123,6 +123,7 @@ class Engine:
         self._finalize_queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._commit_task: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.started_at = 0.0
@@ -143,7 +144,7 @@ class Engine:
         self._spawn("backend reports", self.reporter.run)
         self._spawn("pacing", self.pacing.run)
         self._spawn("dispatch", self.dispatcher.run)
-        self._spawn("commit", self.sink.run)
+        self._commit_task = self._spawn("commit", self.sink.run)
         self._spawn("validation", self._validation_loop)
         self._spawn("finalisation", self._finalize_loop)
         self._spawn("upkeep", self._upkeep_loop)
@@ -151,7 +152,7 @@ class Engine:
         if self.offload is not None:
             self._spawn("offload", self.offload.run)
 
-    def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         async def guarded() -> None:
             # A side task that dies would silently stop batches: log it and start it again.
             while not self._stopping:
@@ -164,7 +165,9 @@ class Engine:
                     logger.exception("engine task %s failed; restarting it", name)
                     await asyncio.sleep(1.0)
 
-        self._tasks.append(asyncio.create_task(guarded(), name=f"lowtide-{name}"))
+        task = asyncio.create_task(guarded(), name=f"lowtide-{name}")
+        self._tasks.append(task)
+        return task
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight requests finish (bounded), commit, release leases."""
@@ -177,8 +180,13 @@ class Engine:
         self._validate_wake.set()
         await self.dispatcher.drain(self.settings.engine.shutdown_grace)
         await self.pacing.close()
+        # The commit task ends by itself after one last flush. Cancelled, it would drop the
+        # group it was writing (a write still queued for SQLite's writer thread never runs; a
+        # PostgreSQL transaction rolls back), and those answered requests would be sent again.
+        # Bounded by the lease: a store that hangs longer than that has lost our leases anyway.
         self.sink.stop()
-        await self.sink.flush()
+        if self._commit_task is not None:
+            await asyncio.wait({self._commit_task}, timeout=self.lease)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
