@@ -22,7 +22,8 @@ SCRIPTS = {"prefix_order": "prefix order", "adaptive": "adaptive", "budgets": "b
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     # A child of the harness: it (and the engine and server it starts) dies with the test run.
-    return commands.run([sys.executable, *args], cwd=ROOT, timeout=280)
+    cmd = [sys.executable, *args]
+    return commands.run(cmd, cwd=ROOT, timeout=280, env=commands.unmeasured_env())
 
 
 def table(stdout: str) -> list[list[str]]:

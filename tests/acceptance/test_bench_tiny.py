@@ -30,7 +30,8 @@ SCRIPTS = {
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     # A child of the harness: it dies with the test run, even a killed one.
-    return commands.run([sys.executable, *args], cwd=ROOT, timeout=240)
+    cmd = [sys.executable, *args]
+    return commands.run(cmd, cwd=ROOT, timeout=240, env=commands.unmeasured_env())
 
 
 def table_rows(stdout: str) -> list[list[str]]:

@@ -27,6 +27,7 @@ def test_controls_chaos_keeps_every_promise(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "controls_chaos.py"), *args, "--json"],
         timeout=TIMEOUT,
         cwd=ROOT,
+        env=commands.unmeasured_env(),
     )
     assert proc.stdout, proc.stderr[-3000:]
     r = json.loads(proc.stdout)

@@ -132,6 +132,7 @@ def test_offload_chaos_kills_lose_repeat_and_create_twice_nothing(tmp_path: Path
         ],
         timeout=540,
         cwd=root,
+        env=commands.unmeasured_env(),
     )
     assert proc.stdout, proc.stderr[-3000:]
     r = json.loads(proc.stdout)

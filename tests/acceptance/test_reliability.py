@@ -49,7 +49,10 @@ slow = pytest.mark.timeout(SCRIPT_TIMEOUT + 60)
 def run_script(name: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> Any:
     # A child of the harness: it dies with the test run, even a killed one.
     proc = commands.run(
-        [sys.executable, str(ROOT / "bench" / name), *args, "--json"], timeout=timeout, cwd=ROOT
+        [sys.executable, str(ROOT / "bench" / name), *args, "--json"],
+        timeout=timeout,
+        cwd=ROOT,
+        env=commands.unmeasured_env(),
     )
     assert proc.stdout, f"{name} printed nothing:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
