@@ -20,8 +20,8 @@ import httpx2 as httpx
 import pytest
 
 from lowtide.testing.harness import Lowtide, free_port
-from tests.acceptance.conftest import ALICE, BOB, chat_line, config_toml, jsonl
 from tests.schema.strict import Json, problems, served, strict
+from tests.support.batches import ALICE, BOB, chat_line, config_toml, jsonl
 
 CAROL = "sk-test-carol-000001"
 DAVE = "sk-test-dave-0000001"

@@ -8,6 +8,7 @@ names every top-level module of lowtide.
 from __future__ import annotations
 
 import pkgutil
+import re
 import subprocess
 import sys
 import tomllib
@@ -70,3 +71,15 @@ def test_the_import_contract_names_every_top_level_module() -> None:
     assert contract["forbidden_modules"] == ["lowtide.testing"]
     top_level = {f"lowtide.{m.name}" for m in pkgutil.iter_modules(lowtide.__path__)}
     assert set(contract["source_modules"]) == top_level - {"lowtide.testing"}
+
+
+def test_each_test_tier_imports_only_its_own_conftest() -> None:
+    # A tier's conftest holds its fixtures; what tiers share is in tests/support.
+    crossing = []
+    for module in sorted((ROOT / "tests").glob("*/**/*.py")):
+        tier = module.relative_to(ROOT / "tests").parts[0]
+        for line in module.read_text().splitlines():
+            imported = re.match(r"from tests\.(\w+)\.conftest import", line)
+            if imported and imported.group(1) != tier:
+                crossing.append(f"{module.relative_to(ROOT)}: {line}")
+    assert crossing == []
