@@ -20,6 +20,9 @@ Leftovers. Every process, thread, port and temporary directory a test starts is 
 ends: processes are started through ``lowtide.testing.harness`` (they die with the test run even
 when it is killed) and stopped by the fixture that started them. ``pytest_sessionfinish`` below
 fails the run if any child process of pytest is still alive at the end, and names it.
+
+Signals. The processes the tests start get Ctrl-C's signals with their default meaning, as
+from a shell, however the test run was started (``pytest_configure`` below).
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test run started with SIGINT or SIGQUIT ignored (a background job of a script, as
+    ``nohup make test-stress &``) would hand that on to every process it starts, and the tests
+    that interrupt one would wait for it for ever: handled here, they reach children as
+    their defaults, since a handler is reset by ``exec`` but an ignored signal is not."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
