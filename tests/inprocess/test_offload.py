@@ -454,10 +454,11 @@ async def test_a_chunk_of_a_backend_no_longer_configured_gives_its_lines_back(
 async def test_lines_that_grow_past_the_upstreams_limit_fail_after_their_attempts(
     lowtide_app: AppFactory, batch_api: FakeBatchApi
 ) -> None:
-    # An override that adds 2 KiB to each line: more than the room kept for it. Two lines
-    # fit 4 KiB as they are stored (with their room), not once they have grown.
+    # An override that adds 4 KiB to each line: more than the room kept for it. A line fits
+    # 4 KiB as it is stored (with its room), not once it has grown, alone or beside the other
+    # (whether a retry's chunk holds one line or both depends on when each is due again).
     extra = batch_backend(batch_api, max_chunk_bytes=4096) + (
-        'overrides = { user = "' + "x" * 2048 + '" }\n'
+        'overrides = { user = "' + "x" * 4096 + '" }\n'
     )
     app = await lowtide_app(None, extra=extra, max_attempts=2)
     c = app.client(ALICE)
