@@ -399,7 +399,9 @@ def wait_for_requests(upstream: Upstream, count: int, proc: subprocess.Popen[str
 
 
 def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> None:
-    upstream = Upstream("--seed", "7", "--latency", "0.05", log=tmp_path / "upstream.log")
+    # 0.1 s a request, 4 at a time: the first run, interrupted at a sixth of the lines, still
+    # has seconds of work left when the test's Ctrl-C comes, even on a loaded machine.
+    upstream = Upstream("--seed", "7", "--latency", "0.1", log=tmp_path / "upstream.log")
     try:
         (tmp_path / "lowtide.toml").write_text(config_toml(upstream, max_concurrency=4))
         n = 300
@@ -419,11 +421,15 @@ def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> N
         # Then a crash: SIGKILL, a third of the way through.
         second = start(*args, env=base_env(), cwd=tmp_path)
         wait_for_requests(upstream, n // 3, second)
+        # From here the upstream answers nothing, so the run cannot finish before the kill,
+        # however long the rival below takes to start; what it has in flight stays leased.
+        upstream.configure(hang_rate=1.0)
         # One run at a time per state directory: two engines on it would send lines twice.
         rival = lowtide(*args, env=base_env(), cwd=tmp_path)
         assert rival.returncode == 1 and "another `lowtide run`" in rival.stderr
         second.kill()
         second.wait()
+        upstream.configure(hang_rate=0.0)
 
         state = tmp_path / "out.jsonl.lowtide-state"
         at_kill = ids_by_state(state)
