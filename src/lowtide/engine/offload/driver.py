@@ -265,9 +265,11 @@ class ChunkDriver:
                 continue
             found.update(results.parse(data))
         plan = self._unfinished(lost)
-        await self._record_all(found, plan.unfinished)
         if plan.elsewhere:
+            # Before the lines go back to pending: a look of the offloader while they are
+            # recorded would otherwise put them in a new chunk for this same backend.
             self.off.avoid(self.chunk.batch_id, self.route)
+        await self._record_all(found, plan.unfinished)
 
     def _unfinished(self, lost: bool) -> Plan:
         status = self.chunk.upstream_status
@@ -325,8 +327,8 @@ class ChunkDriver:
             code="upstream_batch_failed",
             message=f"The upstream refused the batch this request was in: {message}",
         )
+        self.off.avoid(self.chunk.batch_id, self.route)  # first, as in _collect
         await self._record_all({}, unfinished)
-        self.off.avoid(self.chunk.batch_id, self.route)
 
     async def _record_all(
         self, found: dict[int, dict[str, object]], unfinished: results.Unfinished
