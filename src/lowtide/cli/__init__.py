@@ -53,7 +53,11 @@ def main() -> None:
         cli(prog_name="lowtide")
     except KeyboardInterrupt:
         _interrupted_exit()
-    except SystemExit:
+    except SystemExit as exc:
+        # Click answers a Ctrl-C outside a command's run (while --help loads the commands to
+        # list them) with "Aborted!" and 1 itself.
+        if _interrupted.is_set() and exc.code != EXIT_INTERRUPTED:
+            _interrupted_exit()
         raise
     except BaseException:
         if _interrupted.is_set():  # the interrupt came back wrapped in another exception

@@ -1,35 +1,55 @@
-"""``lowtide``: serve the API, and tools around it."""
+"""``lowtide``: serve the API, and tools around it.
+
+Each command's module is imported when that command runs (or when ``--help`` lists it): a
+client command such as ``lowtide batch wait`` needs neither the settings models nor the store,
+and importing everything cost about half a second of CPU on every call (``python -X importtime
+-m lowtide batch list``).
+"""
 
 from __future__ import annotations
 
-import logging
-import signal
-import sys
-from pathlib import Path
+import importlib
 from typing import Any
 
 import click
 
-from lowtide import __version__, errors
+from lowtide import __version__
 from lowtide.cli import EXIT_INTERRUPTED
-from lowtide.cli.backup import backup_command
-from lowtide.cli.client import backends_command, batch_group, files_group
-from lowtide.cli.convert import convert_group
-from lowtide.cli.db import db_group
-from lowtide.cli.keys import keys_group
-from lowtide.cli.options import GROUP_SETTINGS, config_option, logging_options
-from lowtide.cli.run import run_command
-from lowtide.cli.worker import worker
-from lowtide.logs import setup_logging
-from lowtide.settings import load_settings
+from lowtide.cli.options import GROUP_SETTINGS
+
+#: Command name -> "module:attribute" of its click command.
+COMMANDS: dict[str, str] = {
+    "backends": "lowtide.cli.client:backends_command",
+    "backup": "lowtide.cli.backup:backup_command",
+    "batch": "lowtide.cli.client:batch_group",
+    "convert": "lowtide.cli.convert:convert_group",
+    "db": "lowtide.cli.db:db_group",
+    "files": "lowtide.cli.client:files_group",
+    "keys": "lowtide.cli.keys:keys_group",
+    "run": "lowtide.cli.run:run_command",
+    "serve": "lowtide.cli.serve:serve",
+    "worker": "lowtide.cli.worker:worker",
+}
 
 
 class _Commands(click.Group):
-    """The root group: Ctrl-C during a command exits with ``EXIT_INTERRUPTED``, not click's 1.
+    """The root group: loads each command on first use, and Ctrl-C during a command exits with
+    ``EXIT_INTERRUPTED``, not click's 1.
 
     Click turns a ``KeyboardInterrupt`` into "Aborted!" and 1 before ``lowtide.cli.main``'s
     guard could see it, so it is caught here, where the command runs.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -48,94 +68,3 @@ def cli() -> None:
     Start the server (SQLite and a local directory, the test model ready):
         lowtide serve
     """
-
-
-@cli.command()
-@config_option()
-@click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port to listen on (default 8000).")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the database and files live (default ./lowtide-data).",
-)
-@logging_options
-@click.option(
-    "--api-only",
-    is_flag=True,
-    help="Serve the API without running the engine (batches wait for a worker).",
-)
-def serve(
-    config_path: Path | None,
-    host: str | None,
-    port: int | None,
-    data_dir: Path | None,
-    log_level: str | None,
-    log_format: str,
-    api_only: bool,
-) -> None:
-    """Run the API and the engine in one process.
-
-    \b
-    Example:
-        lowtide serve --config lowtide.toml --port 8000
-    """
-    import uvicorn
-
-    from lowtide.api.serving import tune_serving
-    from lowtide.server import build_server, check_exposure
-
-    try:
-        settings = load_settings(
-            config_path, host=host, port=port, data_dir=data_dir, log_level=log_level
-        )
-        setup_logging(settings.server.log_level, log_format)
-        check_exposure(settings)
-        server = build_server(settings, with_engine=not api_only, engine_thread=True)
-    except errors.ConfigError as exc:
-        raise click.ClickException(exc.message) from exc
-    tune_serving()  # cheaper uploads: malloc thresholds, uvicorn's body buffer (api/serving.py)
-    config = uvicorn.Config(
-        server.app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        server_header=False,
-    )
-    # Port 0 asks the system for a free port, known once uvicorn binds: its own line names it.
-    where = settings.server.port or "a free port (uvicorn's next line)"
-    logging.getLogger(__name__).info(
-        "lowtide %s on http://%s:%s (data in %s)",
-        __version__,
-        settings.server.host,
-        where,
-        settings.server.data_dir,
-    )
-    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was in
-    # place before it started: make that a clean exit, since the drain already happened.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    web = uvicorn.Server(config)
-    engine = server.engine_thread
-    if engine is not None:
-        # An API whose engine died would take batches that never run: stop serving instead
-        # (uvicorn checks the flag every 100 ms), and exit non-zero so that a supervisor
-        # restarts the process.
-        engine.on_failure = lambda _exc: setattr(web, "should_exit", True)
-    web.run()
-    if engine is not None and engine.failure is not None:
-        raise click.ClickException("the engine stopped working (see the log above)")
-
-
-cli.add_command(convert_group, name="convert")
-cli.add_command(db_group, name="db")
-cli.add_command(batch_group, name="batch")
-cli.add_command(files_group, name="files")
-cli.add_command(backends_command, name="backends")
-cli.add_command(run_command, name="run")
-cli.add_command(worker)
-cli.add_command(keys_group, name="keys")
-cli.add_command(backup_command, name="backup")
