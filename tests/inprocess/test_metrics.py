@@ -5,8 +5,11 @@ shares: a test compares what they gained while its batch ran (``after - before``
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from lowtide import errors
 from lowtide.testing.upstream import FakeUpstream
 from tests.support.batches import chat_line
 
@@ -76,3 +79,52 @@ async def test_counters_agree_with_the_batch(
     assert total(after, "lowtide_lines_pending") == 0
     assert gained(after, "lowtide_validation_seconds_count") == 1
     assert gained(after, "lowtide_finalization_seconds_count") == 1
+
+
+class _BrieflyUnreadable:
+    """The engine's object store, whose first ``failures`` range reads fail: a short outage."""
+
+    def __init__(self, blobs: Any, failures: int) -> None:
+        self._blobs, self.failures = blobs, failures
+
+    async def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if self.failures > 0:
+            self.failures -= 1
+            raise errors.StorageError("the object store is briefly unreachable")
+        data: bytes = await self._blobs.read_range(key, offset, length)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+
+async def test_lines_given_back_unsent_count_as_no_attempt(
+    lowtide_app: AppFactory, upstream: FakeUpstream
+) -> None:
+    # A line whose input cannot be read during a short outage goes back to pending unsent,
+    # spending no attempt: it is neither dispatched nor retried, so that every attempt sent
+    # is still one of succeeded, failed or retried.
+    app = await lowtide_app(upstream, max_concurrency=2)
+    engine = app.server.engine
+    assert engine is not None
+    outage = engine.dispatcher.blobs = _BrieflyUnreadable(engine.dispatcher.blobs, failures=3)
+    before = await scrape(app)
+    c = app.client()
+    batch = await submit(c, [chat_line(f"u{i}", f"unread {i}") for i in range(4)])
+    batch = await wait_for(c, batch.id, patience=120)
+    after = await scrape(app)
+    assert outage.failures == 0  # the outage happened
+    assert batch.request_counts is not None and batch.request_counts.completed == 4
+
+    def gained(name: str) -> float:
+        model = {"backend": "fake", "model": "fake-model"}
+        return total(after, name, **model) - total(before, name, **model)
+
+    assert (
+        total(after, "lowtide_input_read_failures_total")
+        - total(before, "lowtide_input_read_failures_total")
+        == 3
+    )
+    assert gained("lowtide_requests_dispatched_total") == 4 == upstream.stats()["requests"]
+    assert gained("lowtide_requests_succeeded_total") == 4
+    assert gained("lowtide_requests_retried_total") == 0

@@ -245,7 +245,6 @@ class Dispatcher:
                 meters.in_flight.dec()
                 self._slot_freed.set()
             self.sink.add(outcome)
-            meters.count(outcome)
             if self.on_outcome is not None:
                 self.on_outcome(batch, outcome)
             work = self._next(batch.model)
@@ -262,7 +261,7 @@ class Dispatcher:
         try:
             raw = await self.blobs.read_range(batch.input_blob_key, claim.offset, claim.length)
         except errors.StorageError as exc:
-            return self._unreadable(claim, exc)
+            return self._unreadable(claim, exc, meters)
         self._storage_back()
         plan = self.shaping.plan(slot.backend, batch.model, batch.endpoint)
         body = _request_body(raw, plan)
@@ -282,7 +281,9 @@ class Dispatcher:
             reply = await slot.backend.send(_backend_path(batch.endpoint), body)
         except Unreachable as exc:
             self._no_answer(slot, ticket, exc)
-            return plan.recorded(self._unreachable(slot, claim, exc, started), body)
+            outcome = self._unreachable(slot, claim, exc, started)
+            meters.count(outcome)
+            return plan.recorded(outcome, body)
         latency = time.monotonic() - started
         if slot.health.answered():
             self._slot_freed.set()  # it was down: every slot is free again, not just this one
@@ -293,6 +294,7 @@ class Dispatcher:
             self._pause(slot, reply.retry_after, reply.status)
         outcome = outcomes.from_reply(claim, reply, self.policy, plan.final)
         self._feedback(slot, ticket, charge, reply, outcome, latency)
+        meters.count(outcome)
         return plan.recorded(outcome, body)
 
     def _feedback(
@@ -330,7 +332,7 @@ class Dispatcher:
         else:
             slot.limiter.done(ticket)
 
-    def _unreadable(self, claim: Claim, exc: errors.StorageError) -> Outcome:
+    def _unreadable(self, claim: Claim, exc: errors.StorageError, meters: Meters) -> Outcome:
         """The object store did not give the line back. For up to ``outage_grace`` seconds of
         failing reads the line waits without spending an attempt, as for a backend outage: a
         short outage of the store costs lines nothing. Past it, attempts count, and a line
@@ -345,7 +347,9 @@ class Dispatcher:
             # Tried again sooner at first, then about as often as the outage is long so far.
             return _give_back_claim(claim, min(self.policy.max_delay, 0.5 + failing))
         message = "The request could not be read from the input file."
-        return outcomes.from_unreadable_input(claim, message, self.policy)
+        outcome = outcomes.from_unreadable_input(claim, message, self.policy)
+        meters.count(outcome)  # an attempt spent, though nothing was sent
+        return outcome
 
     def _storage_back(self) -> None:
         if self._unreadable_since is not None:
@@ -402,7 +406,13 @@ class Dispatcher:
 
 
 class Meters:
-    """The labelled metric children of one (backend, model), looked up once, not per request."""
+    """The labelled metric children of one (backend, model), looked up once, not per request.
+
+    ``count`` is called for each answer or silence of a request that was sent, and for a line
+    whose input could not be read once that costs it an attempt; a claim given back unsent (its
+    slot held by a Retry-After meanwhile, the store briefly unreadable) counts nowhere, so
+    that every attempt sent is one of succeeded, failed or retried.
+    """
 
     def __init__(self, backend: str, model: str) -> None:
         self.backend, self.model = backend, model
