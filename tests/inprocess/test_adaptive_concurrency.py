@@ -1,7 +1,12 @@
 """``concurrency = "adaptive"`` in a running server: a batch sent to the simulated engine (in
 this process) through lowtide, with the engine's metrics, while someone else holds one of the
 engine's slots. The limit learns the engine's capacity, never exceeds ``max_concurrency``, and
-leaves ``reserve`` slots free besides what the other user runs."""
+leaves ``reserve`` slots free besides what the other user runs.
+
+Learning takes as many scrapes of the engine as it takes (a run of them that all see a queue),
+and a loaded machine scrapes late: so the batch is far longer than learning needs, and is
+cancelled once the limit has learned, instead of being a fixed amount of work that must
+outlast learning."""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from .test_metrics import scrape, total
 MAX_SEQS = 4
 RESERVE = 1
 CEILING = 64
+#: Half a minute of work on an idle machine, where the limit learns within a second or two.
+LINES = 2000
 
 
 def backend(eng: SimEngine) -> str:
@@ -40,8 +47,8 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
 ) -> None:
     # No probe above the learned capacity during the test: what is checked is the rule.
     monkeypatch.setattr(EngineLoadLimit, "PROBE_MIN", 1e9)
-    # Steps of 30 ms at 20x: the other user's request (8,000 tokens) runs for about 12 s,
-    # longer than the batch.
+    # Steps of 30 ms at 20x: the other user's request (8,000 tokens) runs for about 12 s on an
+    # idle machine, where the limit learns in about a second (both slow down together).
     async with SimEngine(EngineConfig(max_seqs=MAX_SEQS, step_fixed_ms=30, speed=20)) as eng:
         app = await lowtide_app(extra=backend(eng))
         slot = app.server.router.slot("sim")
@@ -57,7 +64,7 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
             holder = asyncio.create_task(hold())
             lines = [
                 chat_line(f"l{i}", f"line {i} of the batch", model="sim-model", max_tokens=24)
-                for i in range(160)
+                for i in range(LINES)
             ]
             c = app.client()
             batch = await submit(c, lines)
@@ -69,6 +76,18 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
                     await asyncio.sleep(0.005)
 
             watcher = asyncio.create_task(watch())
+
+            def learned_and_yielding() -> bool:
+                # Learned, and leaving the other user's slot too: a scrape right after
+                # learning may not show their request yet (lowtide's count includes answers it
+                # has not read, which the engine no longer counts).
+                return any(
+                    capacity is not None and limit <= MAX_SEQS - RESERVE - 1
+                    for limit, capacity, _ in seen
+                )
+
+            await eventually(learned_and_yielding, "the limit learned and left a slot", 120)
+            await c.batches.cancel(batch.id)
             done = await wait_for(c, batch.id, patience=120)
             watcher.cancel()
 
@@ -80,7 +99,7 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
             samples = await scrape(app)
             holder.cancel()
             await asyncio.gather(holder, watcher, return_exceptions=True)
-    assert done.status == "completed" and done.request_counts.completed == len(lines)
+    assert done.status == "cancelled" and 0 < done.request_counts.completed < len(lines)
     assert slot.limiter.capacity == MAX_SEQS  # learned from the engine's metrics
     assert all(1 <= limit <= CEILING and in_flight <= CEILING for limit, _, in_flight in seen)
     learned = [limit for limit, capacity, _ in seen if capacity is not None]
