@@ -271,6 +271,52 @@ def test_ctrl_c_while_starting_exits_130(tmp_path: Path, delay: float) -> None:
         assert "/lowtide/" not in stderr, stderr  # no frame of lowtide: it had not started
 
 
+# Python drops an exception raised inside a weak-reference callback (the import machinery runs
+# some), so a Ctrl-C handled there never reaches the command; this one is handled there on purpose,
+# as the command starts. The atexit line shows that the command ended the normal way, not by the
+# watchdog's os._exit, five seconds later.
+_CTRL_C_IN_A_CALLBACK = """
+import atexit, signal, sys, weakref
+from lowtide.cli import main
+import lowtide.cli.main as commands  # the module of the commands: main() looks up its cli
+
+class Referent:
+    pass
+
+def interrupt(_ref):
+    signal.raise_signal(signal.SIGINT)
+
+def cli(**kwargs):
+    weakref.ref(Referent(), interrupt)  # the referent dies at once: the callback runs here
+    real_cli(**kwargs)
+
+real_cli, commands.cli = commands.cli, cli
+atexit.register(print, "ended by main")
+sys.argv = ["lowtide", "batch", "wait", "batch_x"]
+main()
+"""
+
+
+def test_ctrl_c_dropped_inside_a_callback_still_ends_the_command(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env = {
+            **base_env(),
+            "LOWTIDE_API_KEY": "sk-any",
+            "LOWTIDE_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        }
+        ended = subprocess.run(
+            [sys.executable, "-c", _CTRL_C_IN_A_CALLBACK],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert ended.returncode == 130, ended.stderr
+    assert "Exception ignored" not in ended.stderr and "Traceback" not in ended.stderr
+    assert ended.stdout == "ended by main\n"
+
+
 def test_failed_validation_exits_3_naming_the_line(env: dict[str, str], tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_bytes(jsonl([chat_line("ok", "fine")]) + b"{not json\n")
