@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 FLOOR_PYTHON ?= $(shell scripts/find-python --oldest)
 FLOOR_VENV   ?= .venv-floor
 
-.PHONY: serve test test-floor test-stress install install-dev lint typecheck pytest bench clean
+.PHONY: serve test test-floor test-stress install install-dev lint audit typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/audit --offline
+
+# The dependencies against PyPI's and OSV's advisory data: reaches the internet, so not part
+# of `make test` (whose every test talks to loopback only). Run before a release.
+audit: install-dev
 	$(BIN)/python scripts/audit
 
 typecheck: install-dev
