@@ -102,12 +102,10 @@ async def test_the_limit_learns_the_engine_and_keeps_the_reserve(
     assert done.status == "cancelled" and 0 < done.request_counts.completed < len(lines)
     assert slot.limiter.capacity == MAX_SEQS  # learned from the engine's metrics
     assert all(1 <= limit <= CEILING and in_flight <= CEILING for limit, _, in_flight in seen)
+    # Never more than the capacity less the reserve. (That it learned, and went lower still
+    # while the other user's request was seen running, the wait before the cancel checked.)
     learned = [limit for limit, capacity, _ in seen if capacity is not None]
-    assert learned, "the limit never learned the engine's capacity"
-    # Never more than the capacity less the reserve; and less still while the other request
-    # was seen running (it is not lowtide's).
     assert max(learned) <= MAX_SEQS - RESERVE
-    assert min(learned) <= MAX_SEQS - RESERVE - 1
     assert total(samples, "lowtide_backend_limit_source", backend="sim", source="metrics") == 1
     assert total(samples, "lowtide_backend_engine_capacity", backend="sim") == MAX_SEQS
     assert 1 <= total(samples, "lowtide_backend_concurrency_limit", backend="sim") <= CEILING
