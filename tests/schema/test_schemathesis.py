@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import pytest
 from lowtide.api.middleware import MAX_BODY
 from lowtide.testing.harness import HOST, Lowtide
 from tests.schema.strict import served, strict
+from tests.support import commands
 from tests.support.batches import ALICE, BOB, config_toml
 
 HERE = Path(__file__).parent
@@ -333,7 +333,7 @@ def test_schemathesis_finds_no_failure(server: Lowtide, tmp_path: Path, prefix: 
         "10",
     ]
     env = {
-        **os.environ,
+        **commands.unmeasured_env(),
         "LOWTIDE_WFC_AUTH": str(HERE / "auth.json"),
         "LOWTIDE_SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"),
         "NO_COLOR": "1",
