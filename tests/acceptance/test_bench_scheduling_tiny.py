@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lowtide.testing.children import unmeasured_env
 from tests.support import commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ SCRIPTS = {"prefix_order": "prefix order", "adaptive": "adaptive", "budgets": "b
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     # A child of the harness: it (and the engine and server it starts) dies with the test run.
     cmd = [sys.executable, *args]
-    return commands.run(cmd, cwd=ROOT, timeout=280, env=commands.unmeasured_env())
+    return commands.run(cmd, cwd=ROOT, timeout=280, env=unmeasured_env())
 
 
 def table(stdout: str) -> list[list[str]]:

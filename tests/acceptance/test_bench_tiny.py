@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lowtide.testing.children import unmeasured_env
 from tests.support import commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ SCRIPTS = {
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     # A child of the harness: it dies with the test run, even a killed one.
     cmd = [sys.executable, *args]
-    return commands.run(cmd, cwd=ROOT, timeout=240, env=commands.unmeasured_env())
+    return commands.run(cmd, cwd=ROOT, timeout=240, env=unmeasured_env())
 
 
 def table_rows(stdout: str) -> list[list[str]]:

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
+from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import Lowtide, Upstream
-from tests.support import commands
 
 from .conftest import ALICE, MODEL, chat_line, config_toml, jsonl
 
@@ -258,7 +258,7 @@ def test_ctrl_c_while_starting_exits_130(tmp_path: Path, delay: float) -> None:
     # then waits for the silent server for ever). That is the test run's scaffolding, not
     # lowtide; with it, 5 runs in 5 hung at 0.05 s on a loaded machine.
     with socket.create_server(("127.0.0.1", 0)) as silent:
-        env = commands.unmeasured_env(base_env())
+        env = unmeasured_env(base_env())
         env["LOWTIDE_BASE_URL"] = f"http://127.0.0.1:{silent.getsockname()[1]}"
         waiting = start("batch", "wait", "batch_x", env=env, cwd=tmp_path)
         time.sleep(delay)  # not a wait for anything: the moment of the signal varies on purpose

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lowtide.testing.children import unmeasured_env
 from tests.support import commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ def test_controls_chaos_keeps_every_promise(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "controls_chaos.py"), *args, "--json"],
         timeout=TIMEOUT,
         cwd=ROOT,
-        env=commands.unmeasured_env(),
+        env=unmeasured_env(),
     )
     assert proc.stdout, proc.stderr[-3000:]
     r = json.loads(proc.stdout)

@@ -16,6 +16,7 @@ import pytest
 
 from lowtide.backends.batch_api import BatchApi
 from lowtide.settings import BackendSettings
+from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import Lowtide, Upstream
 from tests.support import commands
 from tests.support.batches import ALICE, MODEL, assert_each_once, chat_line, jsonl
@@ -132,7 +133,7 @@ def test_offload_chaos_kills_lose_repeat_and_create_twice_nothing(tmp_path: Path
         ],
         timeout=540,
         cwd=root,
-        env=commands.unmeasured_env(),
+        env=unmeasured_env(),
     )
     assert proc.stdout, proc.stderr[-3000:]
     r = json.loads(proc.stdout)

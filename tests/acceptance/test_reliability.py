@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from lowtide.store import migrations
+from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import Lowtide, Upstream
 from lowtide.testing.invariants import check_batch
 from tests.support import commands
@@ -52,7 +53,7 @@ def run_script(name: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> Any:
         [sys.executable, str(ROOT / "bench" / name), *args, "--json"],
         timeout=timeout,
         cwd=ROOT,
-        env=commands.unmeasured_env(),
+        env=unmeasured_env(),
     )
     assert proc.stdout, f"{name} printed nothing:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)

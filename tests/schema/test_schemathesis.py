@@ -35,9 +35,9 @@ import jsonschema_rs
 import pytest
 
 from lowtide.api.middleware import MAX_BODY
+from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import HOST, Lowtide
 from tests.schema.strict import served, strict
-from tests.support import commands
 from tests.support.batches import ALICE, BOB, config_toml
 
 HERE = Path(__file__).parent
@@ -333,7 +333,7 @@ def test_schemathesis_finds_no_failure(server: Lowtide, tmp_path: Path, prefix: 
         "10",
     ]
     env = {
-        **commands.unmeasured_env(),
+        **unmeasured_env(),
         "LOWTIDE_WFC_AUTH": str(HERE / "auth.json"),
         "LOWTIDE_SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"),
         "NO_COLOR": "1",

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lowtide.settings import S3Settings
+from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import HOST, free_port, spawn
-from tests.support import commands
 
 S3_REGION = "us-east-1"
 S3_KEY = "testing"  # moto accepts any credentials
@@ -32,7 +32,7 @@ class MotoServer:
                 [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
                 stdout=out,
                 stderr=out,
-                env=commands.unmeasured_env(),
+                env=unmeasured_env(),
             )
         self._wait_ready(log)
 

@@ -22,7 +22,14 @@ from typing import Any, cast
 
 import orjson
 
-from lowtide.testing.children import end, ending_children, read_ready_line, run, spawn
+from lowtide.testing.children import (
+    end,
+    ending_children,
+    read_ready_line,
+    run,
+    spawn,
+    unmeasured_env,
+)
 
 __all__ = [
     "HOST",
@@ -83,7 +90,7 @@ class Upstream:
             *args,
         ]
         stderr = log.open("ab") if log else subprocess.DEVNULL
-        self.proc = spawn(cmd, stdout=subprocess.PIPE, stderr=stderr)
+        self.proc = spawn(cmd, stdout=subprocess.PIPE, stderr=stderr, env=unmeasured_env())
         try:
             line = read_ready_line(self.proc, _LISTENING, startup_timeout, what="fake upstream")
             self.url = line.rstrip("/")
