@@ -32,8 +32,11 @@ import pytest
 
 from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import Lowtide, Upstream
+from tests.support.batches import read_jsonl, write_jsonl
+from tests.support.commands import base_env
+from tests.support.served import serving
 
-from .conftest import ALICE, chat_line, config_toml, jsonl
+from .conftest import ALICE, chat_line, config_toml
 
 FAST_POLL = ("--poll-interval", "0.1")
 ANSI = "\x1b["
@@ -66,36 +69,14 @@ def start(*args: str | Path, env: dict[str, str], cwd: Path) -> subprocess.Popen
     )
 
 
-def base_env() -> dict[str, str]:
-    # The user's own OPENAI_* variables must not leak into what the tests talk to.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LOWTIDE_"))}
-    return {**env, "NO_COLOR": "1"}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def content_of(line: dict[str, Any]) -> str:
     return str(line["response"]["body"]["choices"][0]["message"]["content"])
 
 
-def write_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_bytes(jsonl(lines))
-    return path
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lowtide, Upstream]]:
-    root = tmp_path_factory.mktemp("cli-server")
-    upstream = Upstream("--seed", "7", log=root / "upstream.log")
-    server = Lowtide(root, config_toml(upstream))
-    try:
-        server.start()
-        yield server, upstream
-    finally:
-        server.stop()
-        upstream.stop()
+    with serving(tmp_path_factory.mktemp("cli-server")) as started:
+        yield started
 
 
 @pytest.fixture
@@ -124,7 +105,7 @@ def test_ctrl_c_then_cancel_wait_download_exit_codes(
     env: dict[str, str], tmp_path: Path, storm: None
 ) -> None:
     lines = [chat_line(f"s-{i}", f"question {i}") for i in range(40)]
-    write_lines(tmp_path / "held.jsonl", lines)
+    write_jsonl(tmp_path / "held.jsonl", lines)
     batch_id = lowtide("batch", "submit", "held.jsonl", env=env, cwd=tmp_path).stdout.strip()
 
     waiting = start("batch", "wait", batch_id, *FAST_POLL, env=env, cwd=tmp_path)
@@ -260,7 +241,7 @@ def test_a_backend_that_cannot_be_reached_is_shown_by_the_commands(tmp_path: Pat
             assert time.monotonic() < deadline, listed
             time.sleep(0.1)
         assert "fake" in listed.stdout and "Cannot connect to host 127.0.0.1" in listed.stdout
-        write_lines(tmp_path / "in.jsonl", [chat_line("w-1", "waiting")])
+        write_jsonl(tmp_path / "in.jsonl", [chat_line("w-1", "waiting")])
         batch_id = lowtide("batch", "submit", "in.jsonl", env=env, cwd=tmp_path).stdout.strip()
         while (
             "waiting:"
@@ -309,7 +290,7 @@ def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> N
         n = 300
         lines = [chat_line(f"k-{i}", f"question {i}") for i in range(n)]
         lines[10] = chat_line("k-10", "question 10 FAIL400")  # one line for the error file
-        write_lines(tmp_path / "in.jsonl", lines)
+        write_jsonl(tmp_path / "in.jsonl", lines)
         args = ("run", "in.jsonl", "-o", "out.jsonl", "--config", "lowtide.toml")
 
         # Ctrl-C: the engine stops gracefully and says how to resume.
@@ -368,7 +349,7 @@ def test_run_refuses_a_changed_input(tmp_path: Path) -> None:
     state = tmp_path / "out.jsonl.lowtide-state"
     state.mkdir()
     (state / "run.json").write_text(json.dumps({"sha256": "0" * 64}))
-    write_lines(tmp_path / "in.jsonl", [model_line(0)])
+    write_jsonl(tmp_path / "in.jsonl", [model_line(0)])
     result = lowtide("run", "in.jsonl", "-o", "out.jsonl", env=base_env(), cwd=tmp_path)
     assert result.returncode == 1 and "different input" in result.stderr
 
@@ -382,7 +363,7 @@ def model_line(i: int) -> dict[str, Any]:
 
 
 def test_run_plain_lines_when_piped(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", model_lines(50))
+    write_jsonl(tmp_path / "in.jsonl", model_lines(50))
     result = lowtide("run", "in.jsonl", "-o", "out.jsonl", env=base_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert ANSI not in result.stderr and "\r" not in result.stderr
@@ -420,7 +401,7 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60) -> tuple[in
 
 
 def test_run_progress_bar_in_a_terminal(tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", model_lines(100))
+    write_jsonl(tmp_path / "in.jsonl", model_lines(100))
     code, screen = run_in_terminal(["run", "in.jsonl", "-o", "out.jsonl"], tmp_path)
     assert code == 0, screen
     assert ANSI in screen and "\r" in screen  # redrawn in place

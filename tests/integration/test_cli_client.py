@@ -16,14 +16,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from lowtide.cli.main import cli
-from lowtide.testing.harness import Lowtide, Upstream
-from tests.support.batches import ALICE, MODEL, chat_line, config_toml, jsonl, parse_jsonl
+from tests.support.batches import ALICE, MODEL, chat_line, jsonl, read_jsonl, write_jsonl
+from tests.support.commands import base_env
+from tests.support.served import serving
 
 FAST_POLL = ("--poll-interval", "0.1")
 ANSI = "\x1b["
@@ -51,33 +51,11 @@ def lowtide(*args: str | Path, env: dict[str, str], cwd: Path) -> Ran:
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 
-def base_env() -> dict[str, str]:
-    # The user's own OPENAI_* variables must not leak into what the tests talk to.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LOWTIDE_"))}
-    return {**env, "NO_COLOR": "1"}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return parse_jsonl(path.read_text())
-
-
-def write_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_bytes(jsonl(lines))
-    return path
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    root = tmp_path_factory.mktemp("cli-server")
-    upstream = Upstream("--seed", "7", log=root / "upstream.log")
-    server = Lowtide(root, config_toml(upstream))
-    try:
-        server.start()
+    with serving(tmp_path_factory.mktemp("cli-server")) as (server, _):
         # The server's root URL: the client adds /v1 itself.
         yield {**base_env(), "LOWTIDE_BASE_URL": server.url, "LOWTIDE_API_KEY": ALICE}
-    finally:
-        server.stop()
-        upstream.stop()
 
 
 def test_csv_round_trip_through_a_batch(env: dict[str, str], tmp_path: Path) -> None:
@@ -124,7 +102,7 @@ def test_csv_round_trip_through_a_batch(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_get_list_download_and_json(env: dict[str, str], tmp_path: Path) -> None:
-    write_lines(tmp_path / "in.jsonl", [chat_line(f"g-{i}", f"get {i}") for i in range(3)])
+    write_jsonl(tmp_path / "in.jsonl", [chat_line(f"g-{i}", f"get {i}") for i in range(3)])
     submitted = lowtide(
         "batch", "submit", "in.jsonl", "--name", "Nightly-Get", "--wait", "--json",
         "-o", "waited.jsonl", *FAST_POLL,
@@ -181,7 +159,7 @@ def test_a_refused_batch_leaves_no_file_behind(env: dict[str, str], tmp_path: Pa
         listed = lowtide("files", "list", "--json", env=env, cwd=tmp_path)
         return {f["id"] for f in json.loads(listed.stdout)}
 
-    write_lines(tmp_path / "in.jsonl", [chat_line("r-1", "refused")])
+    write_jsonl(tmp_path / "in.jsonl", [chat_line("r-1", "refused")])
     before = file_ids()
     short = lowtide("batch", "submit", "in.jsonl", "--window", "2h", env=env, cwd=tmp_path)
     assert short.returncode == 2, short.stderr  # refused before anything was uploaded
@@ -193,7 +171,7 @@ def test_a_refused_batch_leaves_no_file_behind(env: dict[str, str], tmp_path: Pa
 
 
 def test_files_commands(env: dict[str, str], tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "up.jsonl", [chat_line("f-1", "file")])
+    path = write_jsonl(tmp_path / "up.jsonl", [chat_line("f-1", "file")])
     uploaded = lowtide("files", "upload", path, "--json", env=env, cwd=tmp_path)
     assert uploaded.returncode == 0, uploaded.stderr
     record = json.loads(uploaded.stdout)

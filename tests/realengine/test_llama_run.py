@@ -6,19 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from lowtide.testing.harness import spawn
 from tests.realengine.conftest import MODEL, config_toml
 from tests.realengine.lines import chat_lines, check_against_llama
 from tests.realengine.llama_server import LlamaServer
-from tests.support.batches import assert_each_once, jsonl, parse_jsonl
+from tests.support.batches import assert_each_once, jsonl, read_jsonl
 
 WAIT = 120.0  # seconds: a deadline against hangs only; the run takes a few seconds
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return parse_jsonl(path.read_text())
 
 
 def test_run_a_file_offline(tmp_path: Path, llama: LlamaServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 ALICE = "sk-test-alice-000001"
@@ -107,6 +108,15 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in text.splitlines()]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return parse_jsonl(path.read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> Path:
+    path.write_bytes(jsonl(lines))
+    return path
 
 
 def assert_each_once(

@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without the user's own ``OPENAI_*`` and ``LOWTIDE_*``
+    variables (they must not leak into what the tests talk to), and without colours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LOWTIDE_"))}
+    return {**env, "NO_COLOR": "1"}
 
 
 def run(

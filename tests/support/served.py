@@ -1,9 +1,10 @@
 """``lowtide serve`` as a process and the synchronous ``openai`` SDK: the fixtures and helpers
-of the tiers that start real processes (acceptance, browser). Their conftests import the
-fixtures from here."""
+of the tiers that start real processes (acceptance, browser, and the client commands of
+tests/integration). Their conftests import the fixtures from here."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,20 @@ def upstream(tmp_path: Path) -> Iterator[Upstream]:
     up = Upstream("--seed", "7", log=tmp_path / "upstream.log")
     yield up
     up.stop()
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[tuple[Lowtide, Upstream]]:
+    """``lowtide serve`` in ``root`` with a fake upstream of its own (for a module's fixture:
+    each start costs a second); both stopped on the way out."""
+    upstream = Upstream("--seed", "7", log=root / "upstream.log")
+    server = Lowtide(root, config_toml(upstream))
+    try:
+        server.start()
+        yield server, upstream
+    finally:
+        server.stop()
+        upstream.stop()
 
 
 ServerFactory = Callable[..., Lowtide]
