@@ -18,16 +18,18 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: serve test test-floor test-stress install install-dev lint audit typecheck pytest bench clean
 
+# The venv's packages are installed by uv (itself installed by pip): the same versions pip would
+# pick, in about 5 s where pip took about 60 s for the dev extra on this machine's two cores.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	scripts/ensure-chromium
 	touch $@ $(VENV)/.installed
 
@@ -63,12 +65,12 @@ test: lint typecheck pytest
 
 # The fast tiers (unit, in-process) on the oldest supported CPython too, when the machine has
 # one older than .venv's: lowtide promises 3.11+, and .venv is built with the newest.
-test-floor:
+test-floor: | $(BIN)/python
 	@if [ -z "$(FLOOR_PYTHON)" ] || [ "$$($(FLOOR_PYTHON) -V)" = "$$($(BIN)/python -V)" ]; then \
 	  echo "test-floor: no interpreter older than .venv's on this machine"; \
 	else \
-	  [ -x $(FLOOR_VENV)/bin/python ] || $(FLOOR_PYTHON) -m venv $(FLOOR_VENV); \
-	  $(FLOOR_VENV)/bin/pip install --quiet -e '.[dev]' && \
+	  [ -x $(FLOOR_VENV)/bin/python ] || $(FLOOR_PYTHON) -m venv --without-pip $(FLOOR_VENV); \
+	  $(BIN)/uv pip install --quiet --python $(FLOOR_VENV)/bin/python -e '.[dev]' && \
 	  $(FLOOR_VENV)/bin/python -V && \
 	  $(FLOOR_VENV)/bin/pytest -p no:cacheprovider --no-cov tests/unit tests/inprocess; \
 	fi
