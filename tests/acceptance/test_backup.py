@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 from lowtide.cli.backup import MANIFEST_NAME, Backup, Sources
 from lowtide.testing.harness import Lowtide, Upstream
@@ -150,6 +151,7 @@ def test_files_deleted_after_the_snapshot_keep_their_bytes_in_the_backup(
     assert not list((data / "files").glob(".backup-*")), "the pin was left behind"
 
 
+@pytest.mark.measure_children
 def test_backup_into_a_non_empty_directory_is_refused(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:

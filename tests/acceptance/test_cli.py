@@ -202,6 +202,7 @@ main()
 """
 
 
+@pytest.mark.measure_children
 def test_ctrl_c_dropped_inside_a_callback_still_ends_the_command(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:
         env = {
@@ -231,6 +232,7 @@ class _ClosedPort:
             self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
+@pytest.mark.measure_children
 def test_a_backend_that_cannot_be_reached_is_shown_by_the_commands(tmp_path: Path) -> None:
     server = Lowtide(tmp_path, config_toml(_ClosedPort()))  # type: ignore[arg-type]
     server.start()
@@ -281,6 +283,7 @@ def wait_for_requests(upstream: Upstream, count: int, proc: subprocess.Popen[str
         time.sleep(0.02)
 
 
+@pytest.mark.measure_children
 def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> None:
     # 0.1 s a request, 4 at a time: the first run, interrupted at a sixth of the lines, still
     # has seconds of work left when the test's Ctrl-C comes, even on a loaded machine.
@@ -345,6 +348,7 @@ def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> N
         upstream.stop()
 
 
+@pytest.mark.measure_children
 def test_run_refuses_a_changed_input(tmp_path: Path) -> None:
     state = tmp_path / "out.jsonl.lowtide-state"
     state.mkdir()
@@ -400,6 +404,7 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 60) -> tuple[in
     return proc.wait(10), out.decode(errors="replace")
 
 
+@pytest.mark.measure_children
 def test_run_progress_bar_in_a_terminal(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", model_lines(100))
     code, screen = run_in_terminal(["run", "in.jsonl", "-o", "out.jsonl"], tmp_path)

@@ -58,6 +58,7 @@ def test_a_new_batch_wakes_the_engine_on_its_thread(
 
 
 @pytest.mark.parametrize("exception", ["asyncio.CancelledError", "KeyboardInterrupt"])
+@pytest.mark.measure_children
 def test_a_dead_engine_stops_the_server_with_an_error(tmp_path: Path, exception: str) -> None:
     script = _DIE.format(exception=exception)
     cmd = [sys.executable, "-c", script, "serve", "--host", HOST, "--port", str(free_port())]

@@ -298,6 +298,7 @@ def assert_finalised_once(url: str, moto: MotoServer, bucket: str, batch: Any) -
     assert [o["Key"] for o in listed.get("Contents", [])] == [prefix + "output"]
 
 
+@pytest.mark.measure_children
 def test_a_worker_alone_refuses_sqlite(tmp_path: Path) -> None:
     """``lowtide worker`` needs the shared database: on SQLite it says so and exits."""
     config = tmp_path / "lowtide.toml"

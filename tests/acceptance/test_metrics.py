@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx2 as httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ALICE, ServerFactory, chat_line, client, submit, wait_for
@@ -21,6 +22,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+@pytest.mark.measure_children
 def test_json_logs_and_metrics_of_a_served_batch(make_server: ServerFactory) -> None:
     server = make_server(extra_args=("--log-format", "json"))
     c = client(server)

@@ -98,6 +98,7 @@ def test_kill_9_and_restart_on_postgres_and_s3(
         server.stop()
 
 
+@pytest.mark.measure_children
 def test_a_worker_serves_its_own_metrics(tmp_path: Path, database: str) -> None:
     files = tmp_path / "files"
     toml = config_toml(

@@ -207,6 +207,7 @@ def test_a_script_ends_its_children_groups_when_interrupted(sig: signal.Signals)
             script.stdout.close()
 
 
+@pytest.mark.measure_children
 def test_no_child_is_started_once_a_script_is_ending_its_children() -> None:
     code = (
         "from lowtide.testing.harness import ending_children, spawn\n"

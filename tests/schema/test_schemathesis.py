@@ -40,6 +40,9 @@ from lowtide.testing.harness import HOST, Lowtide
 from tests.schema.strict import served, strict
 from tests.support.batches import ALICE, BOB, config_toml
 
+# The server these tests fuzz is measured: its answers to the fuzzer's requests, its start and exit.
+pytestmark = pytest.mark.measure_children
+
 HERE = Path(__file__).parent
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # A fixed seed keeps `make test` deterministic; run the CLI by hand (docs/security.md) to

@@ -12,6 +12,9 @@ from lowtide.testing.engine_sim.cli import build_parser, config_from_args
 from lowtide.testing.engine_sim.config import require_loopback
 from lowtide.testing.harness import http_json
 
+# The simulated engine's own command line and process are what these tests are about.
+pytestmark = pytest.mark.measure_children
+
 
 def test_every_setting_is_a_flag_and_json_comes_before_the_flags() -> None:
     args = build_parser().parse_args(

@@ -563,6 +563,7 @@ def test_config_rejects_bad_values() -> None:
 # ---------------------------------------------------------------- as a process
 
 
+@pytest.mark.measure_children
 async def test_subprocess_prints_its_port_and_takes_flags() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -598,6 +599,7 @@ async def test_subprocess_prints_its_port_and_takes_flags() -> None:
     assert stats["config"]["error_statuses"] == [500, 504]
 
 
+@pytest.mark.measure_children
 def test_upstream_process_helper_and_cli_refusals() -> None:
     with UpstreamProcess(UpstreamConfig(models=("p",))) as upstream:
         with urllib.request.urlopen(upstream.url + "/v1/models", timeout=30) as r:

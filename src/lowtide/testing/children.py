@@ -81,8 +81,9 @@ COVERAGE_START = frozenset({"COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"}
 
 
 def unmeasured_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (or this process's) without coverage's start-up, for a child that is not
-    measured:
+    """``env`` (or this process's) without coverage's start-up, for a child that is never
+    measured, even by a test whose other children are (the test suite measures children only
+    in tests marked ``measure_children``):
 
     - one that runs no code of lowtide (schemathesis, moto's S3 server): coverage's tracer
       still sees every call it makes, and doubles the CPU of its start;
