@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from lowtide.domain.validation import Limits
 from tests.support.batches import config_toml
-from tests.unit.corpus_cases import MALFORMED, SERVED, Case
+from tests.unit.corpus_cases import MALFORMED, SERVED, Case, params
 
 from .conftest import FAST_ENGINE, App, start_app, wait_for
 
@@ -39,7 +39,7 @@ def test_the_corpus_is_large_enough() -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 async def test_malformed_input_fails_with_its_code_and_line(server: App, case: Case) -> None:
     c = server.client()
     try:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+import pytest
 
 from lowtide.domain.validation import TEST_ENDPOINT, TEST_MODEL, Limits
 
@@ -99,6 +101,24 @@ class Case:
     limits: Limits = field(default_factory=Limits)
     requests: int | None = None  # how many RequestLine entries, when worth checking
     errors: int | None = None  # how many errors, when worth checking
+
+
+#: A case of this many lines or more runs no code of lowtide that the small cases do not.
+MANY_LINES = 10_000
+
+
+def params(cases: Iterable[Case]) -> list[Any]:
+    """``cases`` for ``parametrize``, named. Those of ``MANY_LINES`` lines or more run without
+    coverage's tracer (pytest-cov's ``no_cover``), which costs them about twice the CPU and
+    adds no line or branch that the small cases miss."""
+    return [
+        pytest.param(
+            case,
+            id=case.name,
+            marks=[pytest.mark.no_cover] if case.content.count(b"\n") >= MANY_LINES else [],
+        )
+        for case in cases
+    ]
 
 
 def _bad_json() -> Iterable[Case]:

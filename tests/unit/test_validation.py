@@ -20,6 +20,7 @@ from corpus_cases import (
     jsonl,
     line,
     many,
+    params,
     request,
     served,
 )
@@ -94,7 +95,7 @@ def test_corpus_has_at_least_60_malformed_cases() -> None:
     assert len(MALFORMED) >= 60
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params(CASES))
 def test_corpus_case(case: Case) -> None:
     result = run(case)
     if case.code is None:
@@ -120,7 +121,7 @@ def _chunk_sizes(size: int) -> list[int]:
     return [4096, 65_537, MB]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params(CASES))
 def test_corpus_case_is_chunking_independent(case: Case) -> None:
     whole = run(case)
     for chunk in _chunk_sizes(len(case.content)):
@@ -134,7 +135,7 @@ class _SlowOnly(Validator):
         return None
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params(CASES))
 def test_fast_path_agrees_with_the_ordered_checks(case: Case) -> None:
     slow = validate(case.content, case.endpoint, case.limits, validator=_SlowOnly)
     assert run(case) == slow
