@@ -61,7 +61,10 @@ typecheck: install-dev
 pytest: install-dev
 	$(BIN)/pytest --cov-fail-under=92 $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# mypy runs beside the test suite (make -j2): it is one process, and the suite leaves a core idle
+# for part of its run.
+test: lint
+	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 # The fast tiers (unit, in-process) on the oldest supported CPython too, when the machine has
 # one older than .venv's: lowtide promises 3.11+, and .venv is built with the newest.
