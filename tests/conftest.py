@@ -29,7 +29,9 @@ Coverage. The Python processes a test starts are measured only where the test is
 per kind of process). Everything else a child runs (the API, the engine, the stores) is
 measured where it runs in the tests' own processes. Measuring every child (about 240 in a
 run) cost about 190 s of the suite's 710 s of CPU; with only the marked tests' children
-measured, coverage is 93.3% where it was 93.4% (``pytest_runtest_setup`` below).
+measured, coverage is 93.3% where it was 93.4% (``pytest_runtest_setup`` below). A test marked
+``untraced`` runs without coverage's tracer, which doubles the CPU of a large input: only
+where smaller tests cover every line and branch it runs (``pytest_runtest_call`` below).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import signal
 from collections.abc import Generator
 from pathlib import Path
 
+import coverage
 import pytest
 
 from lowtide.testing.children import COVERAGE_START
@@ -69,6 +72,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             _child_coverage[name] = os.environ.pop(name)
     if item.get_closest_marker("measure_children") is not None:
         os.environ.update(_child_coverage)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's body without coverage's tracer, if it is marked ``untraced`` and coverage
+    runs (pytest-cov's own ``no_cover`` fails under ``--no-cov``)."""
+    measuring = coverage.Coverage.current()
+    if measuring is None or item.get_closest_marker("untraced") is None:
+        yield
+        return
+    measuring.stop()
+    yield
+    measuring.start()
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

@@ -109,13 +109,13 @@ MANY_LINES = 10_000
 
 def params(cases: Iterable[Case]) -> list[Any]:
     """``cases`` for ``parametrize``, named. Those of ``MANY_LINES`` lines or more run without
-    coverage's tracer (pytest-cov's ``no_cover``), which costs them about twice the CPU and
+    coverage's tracer (the ``untraced`` mark), which costs them about twice the CPU and
     adds no line or branch that the small cases miss."""
     return [
         pytest.param(
             case,
             id=case.name,
-            marks=[pytest.mark.no_cover] if case.content.count(b"\n") >= MANY_LINES else [],
+            marks=[pytest.mark.untraced] if case.content.count(b"\n") >= MANY_LINES else [],
         )
         for case in cases
     ]

@@ -177,9 +177,9 @@ def per_minute_use(admitted: list[tuple[float, int]], rpm: int, tpm: int) -> flo
     return sum(use) / len(use)
 
 
-# A long simulated run: unmeasured (pytest-cov's no_cover), its code is covered by the shorter
+# A long simulated run: unmeasured (the `untraced` mark), its code is covered by the shorter
 # tests, and coverage's tracer would double its CPU.
-@pytest.mark.no_cover
+@pytest.mark.untraced
 @pytest.mark.parametrize(("rpm", "tpm"), [(300, 0), (0, 60_000), (400, 100_000)])
 async def test_paced_sends_are_never_refused_and_fill_the_budget(rpm: int, tpm: int) -> None:
     clock = FakeClock()

@@ -630,10 +630,10 @@ def test_help_shows_an_example(command: str) -> None:
 # --------------------------------------------------------------------------- streaming
 
 
-# Unmeasured (pytest-cov's no_cover): the small conversions run the same code, and coverage's
+# Unmeasured (the `untraced` mark): the small conversions run the same code, and coverage's
 # tracer would double the CPU of these 50 MB.
 @pytest.mark.slow
-@pytest.mark.no_cover
+@pytest.mark.untraced
 def test_a_50_mb_csv_converts_in_flat_memory(tmp_path: Path) -> None:
     src = tmp_path / "big.csv"
     text = "lorem ipsum, dolor sit amet " * 180  # ~5 KB per row, quoted (it has commas)
@@ -657,7 +657,7 @@ def test_a_50_mb_csv_converts_in_flat_memory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.no_cover  # as above
+@pytest.mark.untraced  # as above
 def test_results_with_input_ordering_convert_in_flat_memory(tmp_path: Path) -> None:
     body = {**OK_LINE["response"]["body"], "choices": [{"message": {"content": "x" * 5_000}}]}
     results = tmp_path / "out.jsonl"

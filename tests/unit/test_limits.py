@@ -266,9 +266,9 @@ def run_latency_limit(
     return limiter, Run(limits, core.counters.peak_waiting, running_time / busy)
 
 
-# A long simulated run: unmeasured (pytest-cov's no_cover), its code is covered by the shorter
+# A long simulated run: unmeasured (the `untraced` mark), its code is covered by the shorter
 # tests, and coverage's tracer would double its CPU.
-@pytest.mark.no_cover
+@pytest.mark.untraced
 @pytest.mark.parametrize("max_seqs", [16, 32, 64])
 def test_latency_finds_the_knee_without_a_long_queue(max_seqs: int) -> None:
     config = EngineConfig(max_seqs=max_seqs, speed=10)

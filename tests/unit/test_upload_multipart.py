@@ -81,10 +81,10 @@ def assert_whole(got: bytes, upload: MultipartUpload, content: bytes) -> None:
     assert upload.filename == "in.jsonl"
 
 
-# Every cut of every body runs the parser's code thousands of times: unmeasured (pytest-cov's
-# no_cover), since the other tests here cover each of its lines and branches, and coverage's
-# tracer would double the CPU.
-@pytest.mark.no_cover
+# Every cut of every body runs the parser's code thousands of times: unmeasured (the `untraced`
+# mark), since the other tests here cover each of its lines and branches, and coverage's tracer
+# would double the CPU.
+@pytest.mark.untraced
 @pytest.mark.parametrize("name", CONTENTS)
 @pytest.mark.parametrize("purpose_first", [True, False])
 async def test_the_file_comes_out_whole_wherever_the_body_is_cut(
