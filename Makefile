@@ -76,7 +76,7 @@ test-floor: | $(BIN)/python
 	  echo "test-floor: no interpreter older than .venv's on this machine"; \
 	else \
 	  [ -x $(FLOOR_VENV)/bin/python ] || $(FLOOR_PYTHON) -m venv --without-pip $(FLOOR_VENV); \
-	  $(BIN)/uv pip install --quiet --python $(FLOOR_VENV)/bin/python -e '.[dev]' && \
+	  $(BIN)/uv pip install --quiet --compile-bytecode --python $(FLOOR_VENV)/bin/python -e '.[dev]' && \
 	  $(FLOOR_VENV)/bin/python -V && \
 	  $(FLOOR_VENV)/bin/pytest -p no:cacheprovider --no-cov tests/unit tests/inprocess; \
 	fi
