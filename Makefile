@@ -19,8 +19,8 @@ unexport PYTHONDONTWRITEBYTECODE
 .PHONY: serve test test-floor test-stress install install-dev lint audit typecheck pytest bench clean
 
 # The venv's packages are installed by uv (itself installed by pip): the same versions pip would
-# pick, in about 5 s where pip took about 60 s for the dev extra on this machine's two cores.
-# The dev extra's bytecode is compiled at install (14 s): otherwise the first test run's many
+# pick, the dev extra in about 20 s where pip took about 60 s on this machine's two cores.
+# Its bytecode is compiled at install (14 s of those 20): otherwise the first test run's many
 # processes, started at once, each compile what they import (a clean clone's pytest took 388 s
 # without, 323 s with).
 $(BIN)/python:
