@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 #: A fixed width, so that the page does not depend on the terminal it was generated in.

@@ -183,7 +183,7 @@ def test_ctrl_c_while_starting_exits_130(tmp_path: Path, delay: float) -> None:
 _CTRL_C_IN_A_CALLBACK = """
 import atexit, signal, sys, weakref
 from lowtide.cli import main
-import lowtide.cli.main as commands  # the module of the commands: main() looks up its cli
+import lowtide.cli.commands as commands  # the module of the commands: main() looks up its cli
 
 class Referent:
     pass

@@ -27,7 +27,7 @@ from .conftest import (
 # CancelledError (the task ends "cancelled"), or an exception that no guard catches.
 _DIE = """
 import asyncio, sys
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.engine import retention
 
 async def sweep(*args, **kwargs):

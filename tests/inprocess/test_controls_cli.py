@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from lowtide.cli import client_common
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.cli.progress import BatchProgress, Counts
 from lowtide.testing.upstream import FakeUpstream
 from tests.support.batches import ALICE, chat_line, jsonl, parse_jsonl

@@ -15,7 +15,7 @@ import pytest
 import time_machine
 from click.testing import CliRunner, Result
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.testing.upstream import FakeUpstream
 from tests.support.batches import (
     ALICE,

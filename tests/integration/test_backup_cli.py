@@ -15,7 +15,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from lowtide.cli.backup import MANIFEST_NAME
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 
 
 def data_dir(root: Path) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from tests.support.batches import ALICE, MODEL, chat_line, jsonl, read_jsonl, write_jsonl
 from tests.support.commands import base_env
 from tests.support.served import serving

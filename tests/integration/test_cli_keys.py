@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.store import migrations
 from lowtide.testing import postgres as pg
 

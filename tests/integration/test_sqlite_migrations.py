@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from lowtide import errors
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.domain import lines
 from lowtide.domain.records import Pricing
 from lowtide.domain.status import Status

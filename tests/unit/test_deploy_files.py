@@ -19,7 +19,7 @@ import click
 import pytest
 import yaml
 
-from lowtide.cli.main import cli
+from lowtide.cli.commands import cli
 from lowtide.settings import load_settings
 
 DEPLOY = Path(__file__).parents[2] / "deploy"

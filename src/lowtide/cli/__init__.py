@@ -71,7 +71,7 @@ def main() -> None:
     sys.unraisablehook = _redeliver_dropped_interrupt
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
-        from lowtide.cli.main import cli
+        from lowtide.cli.commands import cli
 
         cli(prog_name="lowtide")
     except KeyboardInterrupt:

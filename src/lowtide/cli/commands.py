@@ -36,7 +36,7 @@ class _Commands(click.Group):
     """The root group: loads each command on first use, and Ctrl-C during a command exits with
     ``EXIT_INTERRUPTED``, not click's 1.
 
-    Click turns a ``KeyboardInterrupt`` into "Aborted!" and 1 before ``lowtide.cli.main``'s
+    Click turns a ``KeyboardInterrupt`` into "Aborted!" and 1 before ``lowtide.cli.commands``'s
     guard could see it, so it is caught here, where the command runs.
     """
 
