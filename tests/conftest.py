@@ -19,7 +19,13 @@ the process's own signals (a ready line, a socket that accepted). Never a fixed 
 Leftovers. Every process, thread, port and temporary directory a test starts is gone when it
 ends: processes are started through ``lowtide.testing.harness`` (they die with the test run even
 when it is killed) and stopped by the fixture that started them. ``pytest_sessionfinish`` below
-fails the run if any child process of pytest is still alive at the end, and names it.
+fails the run if any child process of pytest, or of its fork server, is still alive at the end,
+and names it.
+
+Starting. The Python children that can be are forked from a preloaded interpreter
+(``lowtide.testing.forkserver``), not started afresh: about a second of CPU less for each of the
+two hundred ``python -m lowtide`` a run starts, the benchmark and chaos scripts' included
+(``pytest_configure`` below).
 
 Signals. The processes the tests start get Ctrl-C's signals with their default meaning, as
 from a shell, however the test run was started (``pytest_configure`` below).
@@ -45,6 +51,7 @@ from pathlib import Path
 import coverage
 import pytest
 
+from lowtide.testing import children
 from lowtide.testing.children import COVERAGE_START
 
 
@@ -57,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    os.environ[children.FORK_SERVER] = "1"  # for this process and the scripts it starts
 
 
 # Coverage's start-up for children (set by ``[tool.coverage.run] patch``), kept aside here and
@@ -87,31 +95,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     measuring.start()
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """Live (not zombie) child processes of ``pid``, with their command lines (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-            if int(ppid) != pid or state == "Z":
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except (OSError, ValueError):
-            continue  # it ended while we looked
-        found.append((int(entry.name), cmdline))
-    return found
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
     yield  # after every session-scoped fixture has been torn down
+    forked = children.close_fork_server()
     if not Path("/proc").is_dir():
         return
-    left = _children(os.getpid())
+    left = children.live_children_of(os.getpid()) + forked
     if not left:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

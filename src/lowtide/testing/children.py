@@ -30,8 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeAlias
+
+from lowtide.testing.forkserver import ForkServer, PreloadedChild
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ _spawner: threading.Thread | None = None
 _lock = threading.Lock()
 _children: list[subprocess.Popen[bytes]] = []  # every child spawned and not yet seen to exit
 _closing = False  # set by ending_children on the way out: no new children after that
+_fork_server: ForkServer | None = None
+_fork_server_lock = threading.Lock()
 
 
 def _run_spawner() -> None:
@@ -75,6 +80,12 @@ def _run_spawner() -> None:
         except BaseException as exc:  # handed to the caller, who raises it
             result.set_exception(exc)
 
+
+#: Set to 1 in the environment (as the test suite does, for its own processes and the scripts it
+#: runs), it makes ``spawn`` start the children that can be (``ForkServer.takes``) by forking them
+#: from a preloaded interpreter (``lowtide.testing.forkserver``): about a second of CPU less for
+#: each ``python -m lowtide``. The server starts with the first such child.
+FORK_SERVER = "LOWTIDE_TESTING_FORK_SERVER"
 
 #: What starts coverage in a child (``[tool.coverage.run] patch = ["subprocess"]``).
 COVERAGE_START = frozenset({"COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"})
@@ -97,20 +108,79 @@ def unmeasured_env(env: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+def close_fork_server() -> list[tuple[int, str]]:
+    """Stop the fork server, if one runs; its children still alive before that, as
+    ``live_children_of`` gives them (they die with it)."""
+    global _fork_server
+    with _fork_server_lock:
+        server, _fork_server = _fork_server, None
+    if server is None:
+        return []
+    left = live_children_of(server.proc.pid)
+    server.close()
+    return left
+
+
+def live_children_of(pid: int) -> list[tuple[int, str]]:
+    """Live (not zombie) child processes of ``pid``, with their command lines (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if int(ppid) != pid or state == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError):
+            continue  # it ended while we looked
+        found.append((int(entry.name), cmdline))
+    return found
+
+
+def _the_fork_server() -> ForkServer | None:
+    global _fork_server
+    if os.environ.get(FORK_SERVER) != "1":
+        return None
+    with _fork_server_lock:  # not _lock: starting the server takes it
+        if _fork_server is None and not _closing:
+            _fork_server = ForkServer(_popen, unmeasured_env())
+        return _fork_server
+
+
 def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **options)`` for a child that dies when this process dies, forked
+    from the fork server where it can be (``FORK_SERVER``).
+
+    The child's stdin is /dev/null unless given: in a process group of its own it is not in
+    the terminal's foreground, and reading the terminal would stop it.
+    """
+    with _lock:
+        if _closing:
+            raise RuntimeError("this process is ending its children: no new child is started")
+    options.setdefault("stdin", subprocess.DEVNULL)
+    server = _the_fork_server()
+    if server is not None and server.takes(cmd, options):
+        proc: subprocess.Popen[bytes] = server.spawn(cmd, options)
+    else:
+        proc = _popen(cmd, **options)
+    with _lock:
+        _children[:] = [p for p in _children if p.returncode is None]
+        _children.append(proc)
+    return proc
+
+
+def _popen(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(cmd, **options)`` for a child that dies when this process dies.
 
     The kernel's "parent" is the thread that forked the child, not the process: a child
     forked by a short-lived thread (a pool's, a test's) would be killed as that thread ends.
     So every child is forked by one daemon thread that lasts as long as the process does.
-    The child's stdin is /dev/null unless given: in a process group of its own it is not in
-    the terminal's foreground, and reading the terminal would stop it.
     """
     global _spawner
-    options.setdefault("stdin", subprocess.DEVNULL)
     with _lock:
-        if _closing:
-            raise RuntimeError("this process is ending its children: no new child is started")
         if _spawner is None:
             _spawner = threading.Thread(target=_run_spawner, name="harness-spawner", daemon=True)
             _spawner.start()
@@ -121,11 +191,7 @@ def spawn(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(list(cmd), preexec_fn=preexec, process_group=0, **options)
 
     _jobs.put((start, result))
-    proc = result.result()
-    with _lock:
-        _children[:] = [p for p in _children if p.returncode is None]
-        _children.append(proc)
-    return proc
+    return result.result()
 
 
 def run(
@@ -167,6 +233,8 @@ def _has_exited(proc: subprocess.Popen[Any]) -> bool:
     """Whether the child has exited, without reaping it (so its group id stays its own)."""
     if proc.returncode is not None:
         return True
+    if isinstance(proc, PreloadedChild):
+        return proc.has_exited()
     try:
         return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
     except ChildProcessError:  # reaped meanwhile by another thread's wait()
@@ -266,6 +334,7 @@ def ending_children(timeout: float = 10.0) -> Iterator[None]:
             _closing = True
         try:
             end_all(timeout)
+            close_fork_server()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
