@@ -3,6 +3,7 @@
 ``upstream`` (a fake OpenAI-compatible server with fault injection), ``engine_sim`` (a
 simulated inference engine), ``harness`` (the real processes on loopback: the fake upstream,
 ``lowtide serve``, ``lowtide worker``), ``children`` (child processes that never outlive their
-parent), ``invariants`` (each line once, billed once) and ``postgres`` (throwaway databases).
+parent), ``forkserver`` (those children forked from a preloaded interpreter), ``invariants``
+(each line once, billed once) and ``postgres`` (throwaway databases).
 import-linter forbids every product module to import this package (pyproject.toml).
 """
