@@ -136,6 +136,9 @@ class ForkServer:
             with self._lock:
                 socket.send_fds(self._sock, [orjson.dumps(request)], streams.child_fds())
                 reply = self._replies.get()
+        except BaseException:
+            streams.close_parent_ends()
+            raise
         finally:
             streams.close_child_ends()
         if "pid" not in reply:
