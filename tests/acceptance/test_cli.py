@@ -33,7 +33,7 @@ import pytest
 from lowtide.testing.children import unmeasured_env
 from lowtide.testing.harness import Lowtide, Upstream
 from tests.support.batches import read_jsonl, write_jsonl
-from tests.support.commands import base_env
+from tests.support.commands import base_env, run
 from tests.support.served import serving
 
 from .conftest import ALICE, chat_line, config_toml
@@ -48,13 +48,8 @@ ANSI = "\x1b["
 def lowtide(
     *args: str | Path, env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lowtide", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run(
+        [sys.executable, "-m", "lowtide", *map(str, args)], env=env, cwd=cwd, timeout=timeout
     )
 
 
