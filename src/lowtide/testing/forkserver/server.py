@@ -1,0 +1,215 @@
+"""The fork server itself: imports, then forks a child per request and reports its exit.
+
+It runs in a process of its own, and its children run part of it before their module starts:
+coverage measures neither (it would cost them the start-up they save), so its functions carry
+``# pragma: no cover``. See the package's docstring for what a child gets.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import gc
+import importlib
+import io
+import os
+import runpy
+import selectors
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import IO, Any, NoReturn
+
+import orjson
+
+MAX_MESSAGE = 1 << 20
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no cover
+    signals = _signal_dispositions()  # a fresh interpreter's, before the server changes any
+    for module in modules:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()  # what the imports made stays shared with the children, unwritten
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the select below
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    running: set[int] = set()
+    server = os.getpid()
+    server_fds = (sock.fileno(), wake_read, wake_write, selector.fileno())
+    while True:
+        for key, _ in selector.select():
+            if key.fd == wake_read:
+                os.read(wake_read, 4096)
+                continue
+            message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 3)
+            if not message:
+                return  # the client is gone: the children die with this process
+            request = orjson.loads(message)
+            if "reap" in request:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(request["reap"], 0)
+                continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                sock.send(orjson.dumps({"error": str(exc)}))
+                continue
+            finally:
+                if os.getpid() == server:
+                    for fd in fds:
+                        os.close(fd)
+            if pid == 0:
+                _child(request, fds, signals, server_fds)
+            running.add(pid)
+            sock.send(orjson.dumps({"pid": pid}))
+        for pid in _exited(running):
+            running.discard(pid)
+            sock.send(orjson.dumps({"exited": pid, "returncode": _status(pid)}))
+
+
+def _exited(running: Iterable[int]) -> list[int]:  # pragma: no cover
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    return [pid for pid in running if os.waitid(os.P_PID, pid, flags) is not None]
+
+
+def _status(pid: int) -> int:  # pragma: no cover
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    assert info is not None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _signal_dispositions() -> dict[int, Any]:  # pragma: no cover
+    found: dict[int, Any] = {}
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(sig)
+            if handler is not None:
+                found[sig] = handler
+    return found
+
+
+def _child(
+    request: dict[str, Any], fds: list[int], signals: dict[int, Any], server_fds: Sequence[int]
+) -> NoReturn:  # pragma: no cover
+    code = 1
+    try:
+        _become_child(request, fds, signals, server_fds)
+        code = _run_module(request["module"], request["args"])
+    except BaseException:  # the set-up failed: as a child whose exec failed, status 1
+        traceback.print_exc()
+    finally:
+        _flush_std_streams()
+        os._exit(code)
+
+
+def _become_child(
+    request: dict[str, Any], fds: list[int], signals: dict[int, Any], server_fds: Sequence[int]
+) -> None:  # pragma: no cover
+    server = os.getppid()
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != server:  # the server died before prctl
+            os._exit(1)
+    signal.set_wakeup_fd(-1)
+    for fd in server_fds:
+        os.close(fd)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
+    for sig, handler in signals.items():
+        signal.signal(sig, handler)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[0] = os.getcwd()  # as ``python -m`` puts it
+    _reopen_std_streams(unbuffered=bool(os.environ.get("PYTHONUNBUFFERED")))
+
+
+_replaced_streams: list[IO[str]] = []  # kept: collected, they would close fds 0, 1 and 2
+
+
+def _reopen_std_streams(*, unbuffered: bool) -> None:  # pragma: no cover
+    """New ``sys.stdin``/``stdout``/``stderr`` on fds 0-2, buffered as a fresh interpreter's
+    would be for what they now are (a pipe, a file, a terminal)."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        old = getattr(sys, name)
+        _replaced_streams.append(old)
+        writes = fd > 0
+        mode, buffering = ("wb", 0 if unbuffered else -1) if writes else ("rb", -1)
+        raw = open(fd, mode, buffering=buffering, closefd=False)  # noqa: SIM115
+        stream = io.TextIOWrapper(
+            raw,
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=writes and (fd == 2 or os.isatty(fd)),
+            write_through=unbuffered and writes,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run_module(module: str, args: list[str]) -> int:  # pragma: no cover
+    """``python -m module args...`` from here on: its exit status."""
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        _shut_down()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as Python ends on an uncaught Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _shut_down()
+    return code
+
+
+def _exit_code(code: object) -> int:  # pragma: no cover
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _shut_down() -> None:  # pragma: no cover
+    """What the interpreter does on its way out: wait for non-daemon threads, run atexit."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+
+
+def _flush_std_streams() -> None:  # pragma: no cover
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def main(argv: Sequence[str]) -> None:  # pragma: no cover
+    """Serve on the socket whose fd is ``argv[0]``, having imported the modules of the rest."""
+    sock = socket.socket(fileno=int(argv[0]))
+    try:
+        _serve(sock, argv[1:])
+    finally:
+        sock.close()
