@@ -18,14 +18,12 @@ with its group before the script exits.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,31 +33,14 @@ from types import FrameType
 from typing import Any, TypeAlias
 
 from lowtide.testing.forkserver import ForkServer, PreloadedChild
+from lowtide.testing.parentdeath import die_with_parent
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # How often a wait for a child's exit looks again; the child's exit itself is not signalled to
 # a thread that does not reap it.
 _POLL_S = 0.02
 _EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that ties the child's life to ``parent``'s (None off Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
-
-    def in_child() -> None:
-        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died between fork and prctl, too early to signal us: then we
-        # were handed to another process already, and must not start at all.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return in_child
 
 
 _Job: TypeAlias = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
@@ -184,7 +165,7 @@ def _popen(cmd: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
         if _spawner is None:
             _spawner = threading.Thread(target=_run_spawner, name="harness-spawner", daemon=True)
             _spawner.start()
-    preexec = _die_with_parent(os.getpid())
+    preexec = die_with_parent(os.getpid())
     result: Future[subprocess.Popen[bytes]] = Future()
 
     def start() -> subprocess.Popen[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import importlib
 import io
@@ -26,8 +25,9 @@ from typing import IO, Any, NoReturn
 
 import orjson
 
+from lowtide.testing.parentdeath import die_with_parent
+
 MAX_MESSAGE = 1 << 20
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no cover
@@ -44,7 +44,6 @@ def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no c
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
     running: set[int] = set()
-    server = os.getpid()
     server_fds = (sock.fileno(), wake_read, wake_write, selector.fileno())
     while True:
         for key, _ in selector.select():
@@ -59,33 +58,44 @@ def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no c
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(request["reap"], 0)
                 continue
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                sock.send(orjson.dumps({"error": str(exc)}))
+            pid = _fork(request, fds, signals, server_fds)
+            if pid is None:
+                sock.send(orjson.dumps({"error": "fork failed"}))
                 continue
-            finally:
-                if os.getpid() == server:
-                    for fd in fds:
-                        os.close(fd)
-            if pid == 0:
-                _child(request, fds, signals, server_fds)
             running.add(pid)
             sock.send(orjson.dumps({"pid": pid}))
-        for pid in _exited(running):
+        for pid, returncode in _exited(running).items():
             running.discard(pid)
-            sock.send(orjson.dumps({"exited": pid, "returncode": _status(pid)}))
+            sock.send(orjson.dumps({"exited": pid, "returncode": returncode}))
 
 
-def _exited(running: Iterable[int]) -> list[int]:  # pragma: no cover
+def _fork(
+    request: dict[str, Any], fds: list[int], signals: dict[int, Any], server_fds: Sequence[int]
+) -> int | None:  # pragma: no cover
+    """Fork the child ``request`` asks for; its pid (None if the fork failed). The child's
+    ends of its streams are closed here: the child has its copies."""
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = None
+    if pid == 0:
+        _child(request, fds, signals, server_fds)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def _exited(running: Iterable[int]) -> dict[int, int]:  # pragma: no cover
+    """The children of ``running`` that have exited, with their statuses as ``Popen`` gives
+    them; not reaped (see the package's docstring)."""
     flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-    return [pid for pid in running if os.waitid(os.P_PID, pid, flags) is not None]
-
-
-def _status(pid: int) -> int:  # pragma: no cover
-    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    assert info is not None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    found = {}
+    for pid in running:
+        info = os.waitid(os.P_PID, pid, flags)
+        if info is not None:
+            exited = info.si_code == os.CLD_EXITED
+            found[pid] = info.si_status if exited else -info.si_status
+    return found
 
 
 def _signal_dispositions() -> dict[int, Any]:  # pragma: no cover
@@ -117,12 +127,10 @@ def _child(
 def _become_child(
     request: dict[str, Any], fds: list[int], signals: dict[int, Any], server_fds: Sequence[int]
 ) -> None:  # pragma: no cover
-    server = os.getppid()
     os.setpgid(0, 0)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != server:  # the server died before prctl
-            os._exit(1)
+    tie = die_with_parent(os.getppid())
+    if tie is not None:
+        tie()
     signal.set_wakeup_fd(-1)
     for fd in server_fds:
         os.close(fd)
