@@ -1,4 +1,4 @@
-"""``python -m lowtide.testing.forkserver FD MODULE...``: the fork server, started by
+"""``python -m lowtide.testing.forkserver FD``: the fork server, started by
 ``ForkServer``."""
 
 import sys

@@ -14,23 +14,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import IO, Any
 
 import orjson
 
 from lowtide.testing.forkserver.server import MAX_MESSAGE
 
-#: The modules a child may run (``python -m <module>``) and what the server imports for them:
-#: what their commands import when they start, lazily or not.
-RUNNABLE = frozenset(
-    {
-        "lowtide",
-        "lowtide.testing.upstream",
-        "lowtide.testing.engine_sim",
-        "lowtide.testing.batch_api",
-    }
-)
-PRELOAD = (
+#: The modules a child may run (``python -m <module>``), each with what the server imports
+#: before it forks the first such child: what the module's commands import when they start,
+#: lazily or not. Imported on demand, not at the server's start: a script's fork server that
+#: starts one child, or none, then costs no more than exec'ing it would.
+_LOWTIDE = (
     "lowtide.cli.commands",
     "lowtide.cli.serve",
     "lowtide.cli.worker",
@@ -39,9 +34,14 @@ PRELOAD = (
     "lowtide.server",
     "lowtide.api.serving",
     "uvicorn",
-    "lowtide.testing.upstream.cli",
-    "lowtide.testing.engine_sim.cli",
-    "lowtide.testing.batch_api.cli",
+)
+RUNNABLE: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "lowtide": _LOWTIDE,
+        "lowtide.testing.upstream": ("lowtide.testing.upstream.cli",),
+        "lowtide.testing.engine_sim": ("lowtide.testing.engine_sim.cli",),
+        "lowtide.testing.batch_api": ("lowtide.testing.batch_api.cli",),
+    }
 )
 
 _OPTIONS = frozenset({"stdin", "stdout", "stderr", "env", "cwd"})
@@ -79,7 +79,6 @@ class ForkServer:
                 "-m",
                 "lowtide.testing.forkserver",
                 str(theirs.fileno()),
-                *PRELOAD,
             ]
             self.proc = start(cmd, pass_fds=(theirs.fileno(),), env=self.env)
         self._sock = ours
@@ -106,6 +105,7 @@ class ForkServer:
         try:
             request = {
                 "module": cmd[2],
+                "imports": RUNNABLE[cmd[2]],
                 "args": list(cmd[3:]),
                 "env": dict(os.environ if options.get("env") is None else options["env"]),
                 "cwd": os.fspath(options.get("cwd") or os.getcwd()),

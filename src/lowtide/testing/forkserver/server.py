@@ -1,4 +1,5 @@
-"""The fork server itself: imports, then forks a child per request and reports its exit.
+"""The fork server itself: forks a child per request, having imported what its module needs,
+and reports its exit.
 
 It runs in a process of its own, and its children run part of it before their module starts:
 coverage measures neither (it would cost them the start-up they save), so its functions carry
@@ -30,12 +31,8 @@ from lowtide.testing.parentdeath import die_with_parent
 MAX_MESSAGE = 1 << 20
 
 
-def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no cover
+def _serve(sock: socket.socket) -> None:  # pragma: no cover
     signals = _signal_dispositions()  # a fresh interpreter's, before the server changes any
-    for module in modules:
-        importlib.import_module(module)
-    gc.collect()
-    gc.freeze()  # what the imports made stays shared with the children, unwritten
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -58,6 +55,7 @@ def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no c
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(request["reap"], 0)
                 continue
+            _import(request["imports"])
             pid = _fork(request, fds, signals, server_fds)
             if pid is None:
                 sock.send(orjson.dumps({"error": "fork failed"}))
@@ -67,6 +65,17 @@ def _serve(sock: socket.socket, modules: Iterable[str]) -> None:  # pragma: no c
         for pid, returncode in _exited(running).items():
             running.discard(pid)
             sock.send(orjson.dumps({"exited": pid, "returncode": returncode}))
+
+
+def _import(modules: Iterable[str]) -> None:  # pragma: no cover
+    """Import what a child's module needs, once: the children forked after share it."""
+    missing = [module for module in modules if module not in sys.modules]
+    if not missing:
+        return
+    for module in missing:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()  # what the imports made stays shared with the children, unwritten
 
 
 def _fork(
@@ -215,9 +224,9 @@ def _flush_std_streams() -> None:  # pragma: no cover
 
 
 def main(argv: Sequence[str]) -> None:  # pragma: no cover
-    """Serve on the socket whose fd is ``argv[0]``, having imported the modules of the rest."""
+    """Serve on the socket whose fd is ``argv[0]``."""
     sock = socket.socket(fileno=int(argv[0]))
     try:
-        _serve(sock, argv[1:])
+        _serve(sock)
     finally:
         sock.close()
