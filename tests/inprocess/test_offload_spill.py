@@ -7,6 +7,8 @@ window and ``offload_window_seconds`` the upstream's. The HTTP backend's pace is
 upstream's latency and the backend's ceiling, so it has an upper bound the machine cannot
 exceed however fast it is (``max_concurrency / latency`` lines a second); the assertions on the
 share that went upstream are drawn from that bound and from causality, not from a duration.
+The pace is read from ``MIN_SPAN`` seconds of history, 3 here instead of 10, so that a batch
+window of 24 s leaves as much room around the decision as a day does in use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lowtide.engine.offload import spill
 from lowtide.testing.batch_api import BatchApiConfig, FakeBatchApi
 from lowtide.testing.upstream import FakeUpstream
 from tests.support.batches import ALICE, assert_each_once, chat_line
@@ -24,9 +27,14 @@ from tests.support.offload import batch_backend, submit, wait_slowly
 
 from .conftest import AppFactory, read_results
 
-WINDOW = 40.0  # the batch's
-UPSTREAM_WINDOW = 5.0
-MARGIN = 10.0
+WINDOW = 24.0  # the batch's
+UPSTREAM_WINDOW = 4.0
+MARGIN = 8.0
+
+
+@pytest.fixture(autouse=True)
+def short_pace_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spill, "MIN_SPAN", 3.0)
 
 
 @pytest.fixture
