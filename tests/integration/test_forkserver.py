@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lowtide.testing.children import live_children_of, read_ready_line, unmeasured_env
-from lowtide.testing.forkserver import ForkServer, PreloadedChild
+from lowtide.testing.forkserver import ForkServer, PreloadedChild, client
 from lowtide.testing.harness import http_json
 
 UPSTREAM = [sys.executable, "-m", "lowtide.testing.upstream", "--host", "127.0.0.1", "--port", "0"]
@@ -125,3 +125,18 @@ def test_it_forks_only_what_could_not_tell(server: ForkServer) -> None:
     assert not server.takes(plain, {"env": {**env, "MALLOC_ARENA_MAX": "2"}})
     # A child that coverage is to measure starts with the interpreter, so it is exec'd.
     assert not server.takes(plain, {"env": {**env, "COVERAGE_PROCESS_START": "pyproject.toml"}})
+
+
+def test_an_import_that_fails_is_the_childs_error_not_the_servers(
+    server: ForkServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a module needs is imported when its first child is asked for: a failure there is
+    # that request's error, and the server goes on serving the others.
+    broken = {**client.RUNNABLE, "lowtide.testing.upstream": ("lowtide.no_such_module",)}
+    monkeypatch.setattr(client, "RUNNABLE", broken)
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "cwd": tmp_path}
+    with pytest.raises(OSError, match=r"No module named 'lowtide\.no_such_module'"):
+        server.spawn(UPSTREAM, options)
+    version = server.spawn([sys.executable, "-m", "lowtide", "--version"], options)
+    out, _ = version.communicate(timeout=60)
+    assert (version.returncode, out.startswith(b"lowtide, version ")) == (0, True)

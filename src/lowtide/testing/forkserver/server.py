@@ -55,27 +55,42 @@ def _serve(sock: socket.socket) -> None:  # pragma: no cover
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(request["reap"], 0)
                 continue
-            _import(request["imports"])
-            pid = _fork(request, fds, signals, server_fds)
-            if pid is None:
-                sock.send(orjson.dumps({"error": "fork failed"}))
-                continue
-            running.add(pid)
-            sock.send(orjson.dumps({"pid": pid}))
+            reply = _start(request, fds, signals, server_fds)
+            if "pid" in reply:
+                running.add(reply["pid"])
+            sock.send(orjson.dumps(reply))
         for pid, returncode in _exited(running).items():
             running.discard(pid)
             sock.send(orjson.dumps({"exited": pid, "returncode": returncode}))
 
 
-def _import(modules: Iterable[str]) -> None:  # pragma: no cover
-    """Import what a child's module needs, once: the children forked after share it."""
+def _start(
+    request: dict[str, Any], fds: list[int], signals: dict[int, Any], server_fds: Sequence[int]
+) -> dict[str, Any]:  # pragma: no cover
+    """Fork the child ``request`` asks for, having imported what it needs: the reply."""
+    failure = _import(request["imports"])
+    if failure is not None:
+        for fd in fds:
+            os.close(fd)
+        return {"error": failure}
+    pid = _fork(request, fds, signals, server_fds)
+    return {"error": "fork failed"} if pid is None else {"pid": pid}
+
+
+def _import(modules: Iterable[str]) -> str | None:  # pragma: no cover
+    """Import what a child's module needs, once: the children forked after share it. Why not,
+    if an import failed (the server, and the children it runs, carry on)."""
     missing = [module for module in modules if module not in sys.modules]
     if not missing:
-        return
-    for module in missing:
-        importlib.import_module(module)
+        return None
+    try:
+        for module in missing:
+            importlib.import_module(module)
+    except Exception:
+        return traceback.format_exc()
     gc.collect()
     gc.freeze()  # what the imports made stays shared with the children, unwritten
+    return None
 
 
 def _fork(
