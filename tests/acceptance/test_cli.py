@@ -96,6 +96,7 @@ def storm(live: tuple[Lowtide, Upstream]) -> Iterator[None]:
         upstream.configure(storm_seconds=0)
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_cancel_wait_download_exit_codes(
     env: dict[str, str], tmp_path: Path, storm: None
 ) -> None:
@@ -131,19 +132,38 @@ def test_ctrl_c_then_cancel_wait_download_exit_codes(
 
 
 def test_ctrl_c_during_the_first_request_exits_130(tmp_path: Path) -> None:
-    # A server that takes the connection and never answers: once it has the connection, the
-    # command is inside its first request, wherever the machine's speed put that moment.
+    # A server that takes the request and never answers: once it has the request, the command
+    # is inside its first request, wherever the machine's speed put that moment.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         silent.settimeout(60)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        env = {**base_env(), "LOWTIDE_BASE_URL": url}
+        # Were the command to miss the signal, SIGABRT would show where each thread stood.
+        env = {**base_env(), "LOWTIDE_BASE_URL": url, "PYTHONFAULTHANDLER": "1"}
         waiting = start("batch", "wait", "batch_x", env=env, cwd=tmp_path)
-        connection, _ = silent.accept()
-        with connection:
+        with _request_for(silent, b"GET /v1/batches/batch_x "):
             waiting.send_signal(signal.SIGINT)
-            _, stderr = waiting.communicate(timeout=60)
+            try:
+                _, stderr = waiting.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                waiting.send_signal(signal.SIGABRT)
+                pytest.fail("no exit 60 s after Ctrl-C:\n" + waiting.communicate()[1])
     assert waiting.returncode == 130, stderr
     assert "Traceback" not in stderr
+
+
+def _request_for(silent: socket.socket, start: bytes) -> socket.socket:
+    """The connection whose request begins with ``start``, read to the end of its headers. Any
+    other is closed and the wait goes on: the port may have been another test's server's a
+    moment ago, with a client of that server still retrying it."""
+    while True:
+        connection, _ = silent.accept()
+        connection.settimeout(60)
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+            received += chunk
+        if received.startswith(start):
+            return connection
+        connection.close()
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2, 0.4])
@@ -227,6 +247,7 @@ class _ClosedPort:
             self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
+@pytest.mark.slow
 @pytest.mark.measure_children
 def test_a_backend_that_cannot_be_reached_is_shown_by_the_commands(tmp_path: Path) -> None:
     server = Lowtide(tmp_path, config_toml(_ClosedPort()))  # type: ignore[arg-type]
@@ -278,6 +299,7 @@ def wait_for_requests(upstream: Upstream, count: int, proc: subprocess.Popen[str
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.measure_children
 def test_run_interrupted_then_killed_resumes_each_line_once(tmp_path: Path) -> None:
     # 0.1 s a request, 4 at a time: the first run, interrupted at a sixth of the lines, still
