@@ -46,6 +46,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
 
@@ -66,6 +67,27 @@ def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     os.environ[children.FORK_SERVER] = "1"  # for this process and the scripts it starts
+
+
+# The tiers whose modules start processes and wait on them: a served lowtide, a fleet, a browser,
+# schemathesis, llama.cpp.
+PROCESS_TIERS = frozenset({"schema", "acceptance", "realengine", "browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first: those with the most tests marked ``slow``, then those of the
+    process tiers, then the others, each part by its number of tests. pytest-xdist hands out
+    whole modules in this order (``--no-loadscope-reorder``), so the many short modules fill
+    the end of the run on every worker; in xdist's own order (by number of tests) a one-test
+    module of 16 s came last and kept one worker busy while the others had finished."""
+    sizes = Counter(item.path for item in items)
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow") is not None)
+
+    def order(item: pytest.Item) -> tuple[int, bool, int]:
+        tier = item.path.parent.name
+        return -slow[item.path], tier not in PROCESS_TIERS, -sizes[item.path]
+
+    items.sort(key=order)  # stable: the tests of a module keep their order
 
 
 # Coverage's start-up for children (set by ``[tool.coverage.run] patch``), kept aside here and

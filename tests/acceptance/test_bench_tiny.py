@@ -41,6 +41,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_each_benchmark_runs_at_tiny_size_and_prints_its_table(script: str) -> None:
     done = run(f"bench/{script}.py", "--tiny")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 540  # only turns a hang into a failure: it takes well under a minute here
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_controls_chaos_keeps_every_promise(tmp_path: Path) -> None:
     args = ["--lines", "600", "--cap-lines", "400", "--source-lines", "100"]

@@ -212,6 +212,7 @@ class Run:
         assert leased[0][0] == 0
 
 
+@pytest.mark.slow
 def test_a_fleet_survives_a_killed_worker_within_the_ceiling(
     fleet: Fleet, upstream: Upstream, database: str, moto: MotoServer
 ) -> None:
@@ -242,6 +243,7 @@ def test_a_fleet_survives_a_killed_worker_within_the_ceiling(
     )
 
 
+@pytest.mark.slow
 def test_a_worker_frozen_past_its_lease_loses_its_slots_and_no_line(
     fleet: Fleet, upstream: Upstream, database: str, moto: MotoServer
 ) -> None:

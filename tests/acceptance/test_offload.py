@@ -49,6 +49,7 @@ def wait_for(c: openai.OpenAI, batch_id: str, patience: float = 300.0) -> Any:
         time.sleep(0.25)
 
 
+@pytest.mark.slow
 def test_a_batch_lands_entirely_through_an_upstream_lowtide(
     make_server: ServerFactory, upstream: Upstream
 ) -> None:
@@ -120,6 +121,7 @@ def test_lowtide_as_an_upstream_honours_the_idempotency_key_and_is_searchable(
     assert len(list(client(inner).batches.list())) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_offload_chaos_kills_lose_repeat_and_create_twice_nothing(tmp_path: Path) -> None:
     """The small version of bench/offload_chaos.py, run as a user runs it."""

@@ -64,6 +64,7 @@ def db_counts(url: str, batch_id: str) -> tuple[str, int, int]:
     return pg.run_sync(fetch())
 
 
+@pytest.mark.slow
 def test_kill_9_and_restart_on_postgres_and_s3(
     upstream: Upstream, database: str, moto: MotoServer, tmp_path: Path
 ) -> None:

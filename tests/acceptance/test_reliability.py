@@ -59,6 +59,7 @@ def run_script(name: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> Any:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 @slow
 def test_chaos_kills_lose_and_double_nothing(tmp_path: Path) -> None:
     r = run_script(
@@ -96,6 +97,7 @@ def fault_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 FAULT_CASES = _fault_cases()
 
 
+@pytest.mark.slow
 @slow  # the first test of a worker runs bench/faults.py (the module's fixture)
 @pytest.mark.parametrize("case", _fault_cases())
 def test_backend_fault_keeps_each_line_once(case: str, fault_results: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.batches import chat_line
 from tests.support.served import client, submit, wait_for
 
@@ -18,6 +20,7 @@ def value_of(facts: Any, term: str) -> Any:
     return facts.locator("div").filter(has=facts.page.get_by_text(term, exact=True)).locator("dd")
 
 
+@pytest.mark.slow
 def test_pause_resume_and_results_so_far(ui: Ui) -> None:
     from playwright.sync_api import expect
 

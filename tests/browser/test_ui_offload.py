@@ -29,6 +29,7 @@ def batch_api(tmp_path: Path) -> Iterator[BatchApiProcess]:
     api.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.measure_children
 def test_the_batch_page_shows_the_lines_that_ran_upstream(
     browser: Any, make_server: Any, upstream: Upstream, batch_api: BatchApiProcess

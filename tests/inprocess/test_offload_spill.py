@@ -55,6 +55,7 @@ def lines_for(n: int) -> list[dict[str, Any]]:
     return [chat_line(f"s{i}", f"spill {i}") for i in range(n)]
 
 
+@pytest.mark.slow
 async def test_a_slow_http_backend_spills_what_it_cannot_finish(
     lowtide_app: AppFactory, batch_api: FakeBatchApi, upstream: FakeUpstream
 ) -> None:

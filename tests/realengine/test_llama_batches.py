@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.realengine.batches import (
     client,
     metric,
@@ -16,6 +18,7 @@ from tests.realengine.llama_server import LlamaServer
 from tests.support.batches import assert_each_once
 
 
+@pytest.mark.slow
 def test_a_batch_of_varied_lines(make_lowtide: LowtideFactory, llama: LlamaServer) -> None:
     server = make_lowtide(max_attempts=3)
     c = client(server)
