@@ -19,10 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 .PHONY: serve test test-floor test-stress install install-dev llama-server node-sdk lint audit typecheck pytest bench clean
 
 # The venv's packages are installed by uv (itself installed by pip): the same versions pip would
-# pick, the dev extra in about 20 s where pip took about 60 s on this machine's two cores.
-# Its bytecode is compiled at install (14 s of those 20): otherwise the first test run's many
-# processes, started at once, each compile what they import (a clean clone's pytest took 388 s
-# without, 323 s with).
+# pick, in a few seconds from its cache where pip took about 60 s on this machine's two cores.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'uv>=0.5'
@@ -31,13 +28,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e .
 	touch $@
 
-# lowtide's own modules (installed editable, so not compiled by uv) and the test modules are
-# compiled here too, the tests by pytest itself (it rewrites their asserts): otherwise the four
-# pytest workers of a clean clone's first run each compile them at once, at its start (about
-# 3.5 s of CPU each). A test module that does not import is reported by the test run, not here.
+# Bytecode: one collection of the suite compiles what the test modules import (lowtide, the
+# libraries it uses, the tests, their asserts rewritten by pytest), once, here; otherwise the four
+# pytest workers of a clean clone's first run would each compile all of it at once, at its start.
+# The rest is compiled by the first process that imports it: a test run imports 2,900 of the
+# venv's 7,900 modules, and compiling them all at install (uv --compile-bytecode) cost 18 s of
+# CPU. A test module that does not import is reported by the test run, not here.
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
-	$(BIN)/python -m compileall -q src bench tests
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	-$(BIN)/pytest --collect-only -q -n0 --no-cov -p no:cacheprovider >/dev/null 2>&1
 	scripts/ensure-chromium
 	touch $@ $(VENV)/.installed
@@ -91,7 +89,7 @@ test-floor: | $(BIN)/python
 	  echo "test-floor: no interpreter older than .venv's on this machine"; \
 	else \
 	  [ -x $(FLOOR_VENV)/bin/python ] || $(FLOOR_PYTHON) -m venv --without-pip $(FLOOR_VENV); \
-	  $(BIN)/uv pip install --quiet --compile-bytecode --python $(FLOOR_VENV)/bin/python -e '.[dev]' && \
+	  $(BIN)/uv pip install --quiet --python $(FLOOR_VENV)/bin/python -e '.[dev]' && \
 	  $(FLOOR_VENV)/bin/python -V && \
 	  $(FLOOR_VENV)/bin/pytest -p no:cacheprovider --no-cov tests/unit tests/inprocess; \
 	fi
