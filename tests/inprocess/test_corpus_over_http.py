@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from lowtide.domain.validation import Limits
 from tests.support.batches import config_toml
-from tests.unit.corpus_cases import MALFORMED, SERVED, Case, params
+from tests.support.corpus_cases import MALFORMED, SERVED, Case, params
 
 from .conftest import FAST_ENGINE, App, start_app, wait_for
 

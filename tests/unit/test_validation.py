@@ -7,7 +7,7 @@ import time
 
 import orjson
 import pytest
-from corpus_cases import (
+from tests.support.corpus_cases import (
     BOM,
     CASES,
     CHAT,
