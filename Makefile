@@ -43,7 +43,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 # The test tools, and the real-engine (llama.cpp) and Node.js SDK test tiers, side by side:
 # llama.cpp's server goes into a venv of its own, and installing it from pip's cache takes
-# about 12 s, the venv's packages about 21 s. Each script is a no-op once done.
+# about 12 s, the venv's packages and the collection that compiles them about 8 s. Each script
+# is a no-op once done.
 install-dev:
 	$(MAKE) --no-print-directory -j3 $(VENV)/.installed-dev llama-server node-sdk
 
